@@ -1,0 +1,3 @@
+from vertseg.cli.main import app
+
+app()

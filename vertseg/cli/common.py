@@ -1,0 +1,29 @@
+"""Shared CLI plumbing: config loading with a clean error and exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from vertseg.config import ConfigError, VertsegConfig, load_config
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def config_or_exit(path: Path | None, overrides: list[str] | None) -> VertsegConfig:
+    """Validate the whole config before any work starts; a bad key/value exits with a clear message."""
+    try:
+        return load_config(path, overrides)
+    except ConfigError as error:
+        raise fail(str(error)) from None
+
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config; missing keys take the paper defaults.")
+SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set train.schedule.epochs=10.")

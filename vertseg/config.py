@@ -1,0 +1,97 @@
+"""The full vertseg configuration: one typed, validated object loaded from YAML plus dotted CLI overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from vertseg.data.config import DataConfig
+from vertseg.inference.config import InferenceConfig
+from vertseg.labels import PROTOCOLS
+from vertseg.model.config import ModelConfig
+from vertseg.training.config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file, key and value."""
+
+
+class VertsegConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+    @model_validator(mode="after")
+    def _classes_follow_protocol(self) -> "VertsegConfig":
+        expected = PROTOCOLS[self.data.protocol].num_classes
+        if self.model.num_classes != expected:
+            raise ValueError(
+                f"model.num_classes={self.model.num_classes} does not match data.protocol="
+                f"{self.data.protocol!r} ({expected} classes)"
+            )
+        if self.train.method == "seg_only" and self.model.identification_branch:
+            self.model = self.model.model_copy(update={"identification_branch": False})
+        return self
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        dotted, value = item.split("=", 1)
+        node = raw
+        keys = dotted.strip().split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {key!r} is not a section")
+        node[keys[-1]] = _parse_value(value)
+    return raw
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in error.errors():
+        location = ".".join(str(part) for part in err["loc"]) or "<root>"
+        given = err.get("input")
+        lines.append(f"  {location}: {err['msg']} (got {given!r})")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "<config>") -> VertsegConfig:
+    raw = apply_overrides(dict(raw or {}), list(overrides or []))
+    try:
+        return VertsegConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> VertsegConfig:
+    """Load and validate a YAML config; no path means the paper defaults."""
+    if path is None:
+        return build_config({}, overrides, "<defaults>")
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(raw).__name__}")
+    return build_config(raw, overrides, str(path))
+
+
+def dump_config(config: VertsegConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

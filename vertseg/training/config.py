@@ -1,0 +1,75 @@
+"""Training objective, schedules, augmentation and optimisation settings (paper sections 2.4-2.6).
+
+Every paper hyperparameter is a named default with its equation or section in a comment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["seg_only", "fsl", "proposed", "mean_teacher", "ua_mt", "cps", "unimatch"]
+
+
+class LossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha_seg: float = Field(0.5, ge=0, le=1)  # Eq. 4: equal-weighted Dice and CE inside L_seg
+    scale_weights: tuple[float, float, float] = (4 / 7, 2 / 7, 1 / 7)  # Eq. 4: w_s for full, 1/2, 1/4; sum 1
+    eps: float = 1e-6  # Eq. 5: epsilon
+    alpha_cls: float = Field(1.0, ge=0)  # Eq. 3: identification weight
+    heatmap_sigma: float = Field(2.0, gt=0)  # section 2.4.2: sigma = 2 voxels at the identification resolution
+    lambda_cons: float = Field(0.5, ge=0)  # Table A1: maximum consistency weight
+    temperature: float = Field(0.5, gt=0)  # Eq. 11-12: teacher heatmap softmax temperature T
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self) -> "LossConfig":
+        if abs(sum(self.scale_weights) - 1.0) > 1e-6:
+            raise ValueError(f"loss.scale_weights must sum to 1, got {self.scale_weights}")
+        return self
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1)  # section 2.6: 100 epochs
+    iterations_per_epoch: int = Field(250, ge=1)
+    e_cons: int = Field(40, ge=0)  # Eq. 2: consistency starts (end of warm-up)
+    e_ramp: int = Field(80, ge=1)  # Eq. 2: consistency weight reaches 1
+    tau_seg_start: float = 0.50  # Eq. 13
+    tau_seg_end: float = 0.90  # Eq. 13
+    tau_cls_start: float = 0.30  # Eq. 12
+    tau_cls_end: float = 0.55  # Eq. 12
+    ema_decay: float = Field(0.99, gt=0, lt=1)  # section 2.4.3 (4): alpha = 0.99
+
+    @model_validator(mode="after")
+    def _ramp_after_start(self) -> "ScheduleConfig":
+        if self.e_ramp <= self.e_cons:
+            raise ValueError(f"schedule.e_ramp ({self.e_ramp}) must be greater than schedule.e_cons ({self.e_cons})")
+        return self
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(0.01, gt=0)  # section 2.6: SGD, initial lr 0.01
+    momentum: float = Field(0.9, ge=0, lt=1)  # section 2.6: momentum 0.9
+    weight_decay: float = Field(3e-5, ge=0)
+    lr_decay: Literal["poly", "none"] = "poly"
+    poly_exponent: float = 0.9
+    grad_clip: float = Field(12.0, gt=0)
+    labeled_batch_size: int = Field(2, ge=1)
+    unlabeled_batch_size: int = Field(2, ge=0)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = "proposed"
+    seed: int = 42  # section 2.6: random seed 42
+    labeled_fraction: float = Field(1.0, gt=0, le=1)  # Table 2 note: the rest of the labeled pool becomes unlabeled
+    validate_every: int = Field(5, ge=1)
+    loss: LossConfig = LossConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    optim: OptimConfig = OptimConfig()
