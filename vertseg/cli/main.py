@@ -18,6 +18,7 @@ app.add_typer(bench_app, name="bench")
 
 # Pipeline order: data -> model -> training -> inference -> evaluation -> tuning/reporting -> launch.
 COMMAND_MODULES: tuple[str, ...] = (
+    "config",
 )
 
 for _name in COMMAND_MODULES:
