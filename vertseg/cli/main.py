@@ -19,6 +19,11 @@ app.add_typer(bench_app, name="bench")
 # Pipeline order: data -> model -> training -> inference -> evaluation -> tuning/reporting -> launch.
 COMMAND_MODULES: tuple[str, ...] = (
     "config",
+    "synth",
+    "data",
+    "evaluate",
+    "tune",
+    "report",
 )
 
 for _name in COMMAND_MODULES:

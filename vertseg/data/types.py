@@ -14,7 +14,8 @@ Split = str  # "training" | "validation" | "test" | "unlabeled" | "" (unknown)
 class CaseSource:
     """Where one scan lives on disk; cheap to build, nothing is read yet.
 
-    `image` is a NIfTI file or a DICOM series folder; `mask` and `centroids` are optional.
+    `image` is a NIfTI file or a DICOM series folder (None for mask-only samples); `mask` and `centroids` are
+    optional. `patient_id` groups scans of one person across datasets (VerSe'19 and '20 share ids).
     `label_format` names the label convention of the mask ("verse", "ctspine1k", "totalsegmentator").
     """
 
@@ -26,6 +27,7 @@ class CaseSource:
     mask: Path | None = None
     centroids: Path | None = None
     label_format: str = "verse"
+    series_uid: str | None = None  # DICOM only: which series of the `image` folder ("" = the only, unnamed one)
 
     @property
     def labeled(self) -> bool:

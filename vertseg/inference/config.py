@@ -14,8 +14,18 @@ class InferenceConfig(BaseModel):
     overlap: float = Field(0.5, ge=0, lt=1)
     window_batch_size: int = Field(2, ge=1)
     mirror_tta: bool = False
+    mirror_axes: tuple[int, ...] = (2,)  # store axes (z, y, x) flipped by TTA; x = left-right, the anatomical mirror
+    gaussian_sigma_scale: float = Field(0.125, gt=0)  # importance sigma = scale * patch size (nnU-Net's 1/8)
+    id_accumulator_dtype: Literal["float16", "float32"] = "float16"  # 1/4-resolution per-class accumulator
     min_fragment_ml: float = Field(0.5, ge=0)
     decoder: Literal["dp", "paper"] = "dp"
     allow_l6: bool = False
     allow_t13: bool = False
-    localisation_spacing_mm: float = Field(4.0, gt=0)
+    min_vertebra_ml: float = Field(2.0, ge=0)  # a touching-vertebrae component is split only into pieces this big
+    peak_threshold: float = Field(0.1, ge=0)  # a class whose map never reaches this has no predicted centroid
+    split_merged: bool = True  # split components holding several centroids along nearest-centroid regions
+    gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)
+    localisation: Literal["network", "bone", "none"] = "network"  # label-free spine box for the fine pass
+    localisation_spacing_mm: float = Field(2.0, gt=0)  # coarse network pass; vertebrae stay >= ~20 voxels tall
+    localisation_margin_mm: float = Field(25.0, ge=0)
+    bone_threshold_hu: float = 200.0  # bone heuristic (fallback): cortical/cancellous bone is above ~200 HU

@@ -22,6 +22,8 @@ class LossConfig(BaseModel):
     heatmap_sigma: float = Field(2.0, gt=0)  # section 2.4.2: sigma = 2 voxels at the identification resolution
     lambda_cons: float = Field(0.5, ge=0)  # Table A1: maximum consistency weight
     temperature: float = Field(0.5, gt=0)  # Eq. 11-12: teacher heatmap softmax temperature T
+    id_reweighting: Literal["balance", "none"] = "balance"  # Eq. 3: "dynamically reweighted" KL and instance terms
+    seg_pseudo_threshold: float = Field(0.5, gt=0, lt=1)  # Eq. 10: teacher probability -> binary pseudo-mask
 
     @model_validator(mode="after")
     def _weights_sum_to_one(self) -> "LossConfig":
@@ -63,6 +65,50 @@ class OptimConfig(BaseModel):
     unlabeled_batch_size: int = Field(2, ge=0)
 
 
+class AugmentConfig(BaseModel):
+    """Table A2. Probabilities p_* and ranges; the weak view is geometry only, the strong view photometric only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flip_xy_p: float = Field(0.5, ge=0, le=1)  # Table A2: flip X/Y
+    flip_z_p: float = Field(0.25, ge=0, le=1)  # Table A2: flip Z (labels travel with voxels, see augment/weak.py)
+    rotate_deg: float = Field(22.5, ge=0)  # Table A2: in-plane XY rotation in [-22.5, 22.5] degrees
+    labeled_strong_p: float = Field(0.5, ge=0, le=1)  # section 2.5: strong pipeline on labeled volumes
+    labeled_mild_p: float = Field(0.5, ge=0, le=1)  # section 2.5: otherwise mild scaling
+    mild_scale: tuple[float, float] = (0.95, 1.05)  # section 2.5: mild intensity scaling range
+    scale_shift_p: float = 0.5  # Table A2
+    scale_range: tuple[float, float] = (0.8, 1.2)  # Table A2: alpha
+    shift_range: tuple[float, float] = (-0.1, 0.1)  # Table A2: beta
+    gamma_p: float = 0.5  # Table A2
+    gamma_range: tuple[float, float] = (0.7, 1.5)  # Table A2
+    clahe_p: float = 0.5  # Table A2
+    clahe_clip: float = 0.03  # Table A2: normalised clip limit (skimage convention)
+    unsharp_p: float = 0.5  # Table A2
+    unsharp_amount: tuple[float, float] = (0.5, 1.5)  # Table A2
+    unsharp_sigma: float = 1.0  # Table A2: sigma_blur
+    gaussian_noise_p: float = 0.5  # Table A2
+    gaussian_noise_sigma: tuple[float, float] = (0.0, 0.025)  # Table A2
+    speckle_p: float = 0.3  # Table A2
+    speckle_sigma: tuple[float, float] = (0.0, 0.05)  # Table A2
+    salt_pepper_p: float = 0.3  # Table A2
+    salt_pepper_amount: tuple[float, float] = (0.001, 0.01)  # Table A2
+    poisson_p: float = 0.3  # Table A2
+    poisson_peak: float = 255.0  # counts at intensity 1 (the table gives no magnitude)
+    blur_p: float = 0.5  # Table A2
+    blur_sigma: tuple[float, float] = (0.75, 1.25)  # Table A2
+    median_p: float = 0.5  # Table A2: kernel size 3
+
+
+class MethodConfig(BaseModel):
+    """Settings of the Table 3 baselines (each from its own paper), adapted to the dual-branch model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ua_mt_passes: int = Field(8, ge=2)  # UA-MT (Yu et al. 2019): T = 8 stochastic teacher passes
+    ua_mt_noise: float = Field(0.1, ge=0)  # UA-MT: input noise std, clipped to +-2 std
+    unimatch_feature_dropout: float = Field(0.5, ge=0, lt=1)  # UniMatch (Yang et al. 2023): feature dropout rate
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,3 +119,7 @@ class TrainConfig(BaseModel):
     loss: LossConfig = LossConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+    methods: MethodConfig = MethodConfig()
+    amp: bool = True  # bf16 autocast on CUDA only; the CPU path stays float32
+    max_nonfinite_steps: int = Field(10, ge=0)  # consecutive skipped non-finite steps before the run stops

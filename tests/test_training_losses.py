@@ -1,0 +1,130 @@
+"""Each loss term against a hand-computed tiny example (Eq. 4-11), heatmaps and class weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
+from vertseg.training.losses import (
+    class_frequency_weights,
+    cls_consistency_loss,
+    combine_identification,
+    deep_supervision_loss,
+    dice_bce,
+    instance_dice_loss,
+    kl_heatmap_loss,
+    seg_consistency_loss,
+)
+from vertseg.training.losses.segmentation import bce_loss, soft_dice_loss
+
+
+def vol(values, shape=(1, 1, 1, 1, 4)):
+    return torch.tensor(values, dtype=torch.float32).reshape(shape)
+
+
+def test_dice_and_bce_by_hand():
+    logits = vol([0.0, 0.0, 0.0, 0.0])  # p = 0.5 everywhere
+    target = vol([1.0, 0.0, 1.0, 1.0])
+    # Dice = 1 - (2 * 1.5 + eps) / (2 + 3 + eps); BCE = ln 2 for every voxel
+    assert soft_dice_loss(logits, target).item() == pytest.approx(1 - 3 / 5, abs=1e-6)
+    assert bce_loss(logits, target).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert dice_bce(logits, target, 0.5, 1e-6).item() == pytest.approx(0.5 * 0.4 + 0.5 * math.log(2), abs=1e-6)
+
+
+def test_deep_supervision_weights_scales_and_downsamples_targets():
+    mask = torch.ones(1, 1, 4, 4, 4)
+    big = 20.0  # p ~ 1: Dice ~ 0 and BCE ~ 0 at every scale except the one predicting background
+    seg = [torch.full((1, 1, 4, 4, 4), big), torch.full((1, 1, 2, 2, 2), -big), torch.full((1, 1, 1, 1, 1), big)]
+    loss = deep_supervision_loss(seg, mask, (4 / 7, 2 / 7, 1 / 7), 0.5, 1e-6)
+    # the 1/2 scale predicts p ~ 0 on an all-foreground target: Dice = 1, BCE = 20 -> 0.5 * 1 + 0.5 * 20
+    assert loss.item() == pytest.approx(2 / 7 * (0.5 + 10.0), rel=1e-4)
+    with pytest.raises(ValueError, match="scale weights"):
+        deep_supervision_loss(seg[:2], mask, (4 / 7, 2 / 7, 1 / 7), 0.5, 1e-6)
+
+
+def test_kl_heatmap_by_hand():
+    logits = torch.zeros(1, 2, 1, 1, 2)  # background + 1 class, P = (0.5, 0.5) over the two voxels
+    heat = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 1, 2)
+    present = torch.tensor([[True]])
+    assert kl_heatmap_loss(logits, heat, present).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert kl_heatmap_loss(logits, heat, torch.tensor([[False]])).item() == 0.0
+
+
+def test_instance_dice_by_hand_penalises_merges():
+    labels = torch.tensor([1, 1, 2, 2]).reshape(1, 1, 1, 4)
+    merged = torch.zeros(1, 3, 1, 1, 4)
+    merged[:, 1] = 30.0  # predicts class 1 everywhere: vertebra 2 is merged into 1
+    # class 1: Dice = 2*2 / (4 + 2) = 2/3; class 2: Dice = 0 -> mean loss (1/3 + 1) / 2
+    assert instance_dice_loss(merged, labels).item() == pytest.approx((1 / 3 + 1) / 2, abs=1e-5)
+    right = torch.zeros(1, 3, 1, 1, 4)
+    right[:, 1, ..., :2] = 30.0
+    right[:, 2, ..., 2:] = 30.0
+    assert instance_dice_loss(right, labels).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_identification_reweighting_balances_terms():
+    kl, inst = torch.tensor(3.0), torch.tensor(1.0)
+    loss, w_kl, w_inst = combine_identification(kl, inst, "balance")
+    assert w_kl * 3.0 == pytest.approx(w_inst * 1.0)
+    assert loss.item() == pytest.approx(2 * 2 * 3 * 1 / 4)
+    assert combine_identification(kl, inst, "none")[0].item() == 4.0
+    assert combine_identification(torch.tensor(0.5), torch.tensor(0.5), "balance")[1:] == (1.0, 1.0)
+
+
+def test_seg_consistency_by_hand():
+    teacher = torch.logit(torch.tensor([0.95, 0.6, 0.1, 0.3])).reshape(1, 1, 1, 1, 4)
+    student = torch.zeros(1, 1, 1, 1, 4)
+    # tau = 0.8: confident voxels are 0.95 (pseudo 1) and 0.1 (pseudo 0); BCE at p_S = 0.5 is ln 2 for both
+    loss, passed = seg_consistency_loss(student, teacher, tau=0.8)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert passed == pytest.approx(0.5)
+    loss, passed = seg_consistency_loss(student, teacher, tau=0.99)
+    assert loss.item() == 0.0 and passed == 0.0
+
+
+def test_cls_consistency_by_hand():
+    # two voxels; classes 0 (background), 1, 2. Teacher: voxel 0 -> class 2 (confident), voxel 1 -> background
+    teacher = torch.tensor([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 1, 2)
+    student = torch.zeros(1, 3, 1, 1, 2)  # uniform: CE = ln 3
+    weights = torch.tensor([0.5, 1.5])
+    loss, passed = cls_consistency_loss(student, teacher, tau=0.5, temperature=0.5, class_weights=weights)
+    # softmax(4/0.5 = 8 vs 0) confidence ~ 0.9993 > 0.5; background voxel excluded -> w_2 * ln 3 / 1 voxel
+    assert loss.item() == pytest.approx(1.5 * math.log(3), abs=1e-5)
+    assert passed == pytest.approx(0.5)
+    # temperature matters: at T = 8 the confidence e^0.5/(e^0.5+2) = 0.45 falls below tau = 0.5
+    loss, passed = cls_consistency_loss(student, teacher, tau=0.5, temperature=8.0, class_weights=weights)
+    assert passed == 0.0
+
+
+def test_class_frequency_weights_sum_to_k_and_favour_rare_classes():
+    w = class_frequency_weights(torch.tensor([100.0, 300.0, 0.0, 600.0]))
+    assert w.sum().item() == pytest.approx(4.0)
+    assert w[0] == pytest.approx(3 * w[1]) and w[0] == pytest.approx(6 * w[3])
+    assert w[2] == pytest.approx(w.max())  # unseen class: as rare as the rarest seen one
+    assert torch.equal(class_frequency_weights(torch.zeros(3)), torch.ones(3))
+
+
+def test_heatmaps_sum_to_one_and_peak_at_centroid():
+    centroids = torch.tensor([[[2.0, 3.0, 1.0], [float("nan")] * 3, [-40.0, 0.0, 0.0]]])
+    heat, present = render_heatmaps(centroids, (6, 6, 4), sigma=2.0)
+    assert present.tolist() == [[True, False, False]]  # NaN = absent; 20 sigma outside = nothing visible
+    assert heat[0, 0].sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert tuple(torch.nonzero(heat[0, 0] == heat[0, 0].max())[0].tolist()) == (2, 3, 1)
+    assert heat[0, 1].sum() == 0 and heat[0, 2].sum() == 0
+    # sigma = 2: neighbour one voxel away along z has exp(-1/8) of the peak
+    assert (heat[0, 0, 3, 3, 1] / heat[0, 0, 2, 3, 1]).item() == pytest.approx(math.exp(-1 / 8), rel=1e-5)
+
+
+def test_low_resolution_mapping_and_mask_centre_fallback():
+    assert to_low_resolution(torch.tensor([1.5, 5.5, 0.0]), 4).tolist() == [0.0, 1.0, -0.375]
+    labels = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    labels[0, 0:2, 0:2, 2:4] = 2
+    centroids = torch.full((1, 3, 3), float("nan"))
+    centroids[0, 0] = torch.tensor([9.0, 9.0, 9.0])  # from the centroid file: kept even if class 1 is not in labels
+    filled = fill_missing_centroids(centroids, labels)
+    assert filled[0, 0].tolist() == [9.0, 9.0, 9.0]
+    assert filled[0, 1].tolist() == [0.5, 0.5, 2.5]
+    assert torch.isnan(filled[0, 2]).all()

@@ -1,0 +1,158 @@
+"""Sweeps on real Ray Tune + Ray Train + MLflow, sharing the session Ray instance.
+
+The sweep layer is tested with `tests/tune_helpers.py:train` (a real, small TorchTrainer run with run_training's
+signature) so it runs in seconds per trial; the last test runs the real `run_training` on a phantom store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vertseg.tuning import tracking
+from vertseg.tuning.runner import run_sweep
+from vertseg.tuning.sweep import plan_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+SWEEP = """
+name: tau
+title: "Pseudo-label threshold"
+kind: line
+x_key: train.schedule.tau_seg_end
+entrypoint: {entrypoint}
+data: {{store: {store}}}
+grid: {{train.schedule.tau_seg_end: [0.6, 0.9]}}
+seeds: [7]
+resources: {{workers_per_trial: {workers}, max_failures: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from training_phantoms import make_store
+
+    return make_store(tmp_path_factory.mktemp("tune-store") / "ph.zarr", {"training": 1, "validation": 1})
+
+
+def _sweep_file(tmp_path: Path, store: Path, workers: int, entrypoint: str = "tests.tune_helpers:train") -> Path:
+    path = tmp_path / "tau.yaml"
+    path.write_text(SWEEP.format(entrypoint=entrypoint, store=store, workers=workers))
+    return path
+
+
+def _trial_runs(uri: str, parent: str) -> list:
+    mlflow = tracking.client(uri)
+    experiment = mlflow.get_run(parent).info.experiment_id
+    return mlflow.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+@pytest.mark.slow
+def test_two_trial_smoke_sweep_is_tracked_and_reported(ray_cluster, store, tmp_path, monkeypatch):
+    from tune_helpers import expected_dice
+
+    from vertseg.reporting.collect import from_sweep
+    from vertseg.reporting.render import build_report, log_to_parent, write_report
+
+    monkeypatch.syspath_prepend(str(REPO))
+    plan = plan_sweep(_sweep_file(tmp_path, store, workers=2), smoke=True)
+    outcome = run_sweep(plan, root=tmp_path / "sweeps")
+    assert (outcome.finished, outcome.failed) == (2, 0), outcome.errors
+
+    mlflow = tracking.client(outcome.mlflow_uri)
+    parent = mlflow.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[tracking.TAG_SWEEP] == "tau"
+    assert parent.data.params["data.store_fingerprint"] == __import__("json").loads(
+        (store / "manifest.json").read_text())["fingerprint"]
+    assert parent.data.metrics["trials_finished"] == 2
+    experiment = mlflow.get_experiment(parent.info.experiment_id)
+    assert experiment.artifact_location == (tmp_path / "sweeps" / "tau" / "mlartifacts").resolve().as_uri()
+    children = _trial_runs(outcome.mlflow_uri, outcome.parent_run_id)
+    assert sorted(c.data.tags[tracking.TAG_TRIAL] for c in children) == ["tau-seg-end-0-6-s7", "tau-seg-end-0-9-s7"]
+    for child in children:
+        tau = float(child.data.tags[tracking.TAG_X])
+        assert child.info.status == "FINISHED"
+        assert child.data.metrics["val_dice"] == pytest.approx(expected_dice(tau, 7))
+        assert [f.path for f in mlflow.list_artifacts(child.info.run_id, "sweep")] == ["sweep/trial.json"]
+        # Two epochs (smoke) of two DDP workers each, checkpointed by Ray Train under the sweep folder.
+        assert len(mlflow.get_metric_history(child.info.run_id, "val_dice")) == 2
+        assert any((tmp_path / "sweeps/tau/train" / f"tau-{child.data.tags[tracking.TAG_TRIAL]}").glob("checkpoint_*"))
+
+    source = from_sweep(mlflow, "tau")
+    report, figs = build_report(source, "val", outcome.mlflow_uri)
+    paths = write_report(report, figs, tmp_path / "report")
+    log_to_parent(outcome.mlflow_uri, outcome.parent_run_id, tmp_path / "report")
+    markdown = paths["report.md"].read_text()
+    assert f"| tau_seg_end=0.9 | labeled + unlabeled | {100 * expected_dice(0.9, 7):.1f} | 90.0 | 1 |" in markdown
+    assert paths["main_line.png"].read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_retraining_finished_trials(ray_cluster, store, tmp_path):
+    """`vertseg tune` is SIGKILLed after its first trial; `--resume` finishes the sweep under the same parent."""
+    sweep_file = _sweep_file(tmp_path, store, workers=1)
+    uri = tracking.default_tracking_uri(tmp_path / "sweeps")
+    command = [sys.executable, "-m", "vertseg", "tune", str(sweep_file), "--smoke", "--max-concurrent", "1",
+               "--out", str(tmp_path / "sweeps"), "--mlflow-uri", uri]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "sweeps/tau/state.json"
+    deadline = time.monotonic() + 240
+    finished: list = []
+    try:
+        while time.monotonic() < deadline and first.poll() is None:
+            if state.exists():
+                parent = __import__("json").loads(state.read_text())["parent_run_id"]
+                finished = [r for r in _trial_runs(uri, parent) if tracking.TAG_TRIAL in r.data.tags]
+                if finished:
+                    break
+            time.sleep(1.0)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert len(finished) == 1, "the first trial should finish before the kill"
+    assert first.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    done_key = finished[0].data.tags[tracking.TAG_TRIAL]
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert "already holds a sweep" in again.stderr and again.returncode == 2
+    resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "2 trials finished, 0 failed" in resumed.stderr
+    runs = _trial_runs(uri, parent)
+    tagged = [r for r in runs if tracking.TAG_TRIAL in r.data.tags]
+    assert sorted(r.data.tags[tracking.TAG_TRIAL] for r in tagged) == ["tau-seg-end-0-6-s7", "tau-seg-end-0-9-s7"]
+    # The finished trial was reused from MLflow, not trained again.
+    assert len([r for r in runs if r.data.tags["mlflow.runName"] == f"tau-{done_key}"]) == 1
+    assert tracking.client(uri).get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_smoke_sweep_with_real_run_training(ray_cluster, tmp_path):
+    """The real trainer: two phantom trials through vertseg.distributed.train.run_training."""
+    pytest.importorskip("vertseg.distributed.train", reason="run_training (issue 5) not available")
+    from training_phantoms import TINY, make_store
+
+    store = make_store(tmp_path / "real.zarr", {"training": 2, "validation": 1, "unlabeled": 1})
+    sweep_file = tmp_path / "cbam.yaml"
+    sweep_file.write_text(
+        "name: cbam\nkind: bars\ndata: {store: %s, unlabeled: %s}\n"
+        "variants:\n  - {label: No CBAM, overrides: {model.cbam_placement: none}}\n"
+        "  - {label: CBAM in ID branch only, overrides: {model.cbam_placement: id}}\n"
+        "resources: {workers_per_trial: 1, max_failures: 0}\n"
+        "smoke: {%s}\n" % (store, store, ", ".join(o.replace("=", ": ", 1) for o in TINY if "spacing" not in o
+                                                        and "chunk" not in o))
+    )
+    plan = plan_sweep(sweep_file, smoke=True)
+    outcome = run_sweep(plan, root=tmp_path / "sweeps")
+    assert (outcome.finished, outcome.failed) == (2, 0), outcome.errors
+    children = [r for r in _trial_runs(outcome.mlflow_uri, outcome.parent_run_id) if tracking.TAG_TRIAL in r.data.tags]
+    assert len(children) == 2 and all("val_dice" in c.data.metrics for c in children)

@@ -1,0 +1,145 @@
+"""Label-free spine localisation: the box the fine sliding window covers.
+
+Two detectors, both on a coarse copy of the store-frame volume (axes z, y, x = I, P, R):
+
+- `network`: the segmentation head run by non-overlapping windows at `localisation_spacing_mm`; the box of
+  the foreground components that survive dust removal.
+- `bone`: a CT heuristic used when the network finds nothing (e.g. untrained weights). Inside the body (the
+  largest component above -300 HU, which drops the table) bone is thresholded; per 32 mm slab the spine is the
+  bone column seen in most slices of the slab, near the body's left-right midline (ribs and the pelvis are
+  oblique or lateral, the sternum thinner). The union of the slab columns is the box.
+
+Neither reads a label; every box gets `localisation_margin_mm` of margin and is clipped to the volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+
+BODY_HU = -300.0
+SLAB_MM = 32.0
+COLUMN_FRACTION = 0.5  # a spine pixel is bone in at least half the slices of its slab
+MIDLINE_TOLERANCE_MM = 40.0
+
+
+@dataclass(frozen=True)
+class SpineBox:
+    """Half-open voxel box (start, stop) in (z, y, x) of the store frame and how it was found."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+    method: str
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        return {"start_zyx": list(self.start), "stop_zyx": list(self.stop), "method": self.method}
+
+
+def full_box(shape: tuple[int, ...], method: str = "none") -> SpineBox:
+    return SpineBox((0, 0, 0), tuple(int(s) for s in shape), method)  # type: ignore[arg-type]
+
+
+def expand_box(start, stop, margin_vox: float, shape: tuple[int, ...], method: str) -> SpineBox:
+    """Grow a box by a margin on every side and clip it to the volume."""
+    margin = int(np.ceil(margin_vox))
+    lo = tuple(int(max(0, a - margin)) for a in start)
+    hi = tuple(int(min(n, b + margin)) for b, n in zip(stop, shape))
+    return SpineBox(lo, hi, method)  # type: ignore[arg-type]
+
+
+def align_box(box: SpineBox, shape: tuple[int, ...], multiple: int = 4) -> SpineBox:
+    """Grow a box to a multiple of the 1/4 identification grid where the volume allows it."""
+    start, stop = list(box.start), list(box.stop)
+    for axis, limit in enumerate(shape):
+        extra = (-(stop[axis] - start[axis])) % multiple
+        grow_up = min(extra, limit - stop[axis])
+        stop[axis] += grow_up
+        start[axis] = max(0, start[axis] - (extra - grow_up))
+    return SpineBox(tuple(start), tuple(stop), box.method)  # type: ignore[arg-type]
+
+
+def mask_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Half-open bounding box of the True voxels, or None."""
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo.append(present[0])
+        hi.append(present[-1] + 1)
+    return np.array(lo), np.array(hi)
+
+
+def scale_box(start: np.ndarray, stop: np.ndarray, coarse_shape, fine_shape) -> tuple[np.ndarray, np.ndarray]:
+    """A coarse-grid box in fine-grid voxels (each coarse voxel covers fine / coarse fine voxels)."""
+    ratio = np.asarray(fine_shape, float) / np.asarray(coarse_shape, float)
+    return np.floor(start * ratio).astype(int), np.ceil(stop * ratio).astype(int)
+
+
+def downsample_factor(spacing_mm: float, coarse_spacing_mm: float) -> int:
+    return max(1, int(round(coarse_spacing_mm / spacing_mm)))
+
+
+def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Average non-overlapping factor^3 blocks (the edge is padded by replication)."""
+    if factor == 1:
+        return volume.astype(np.float32, copy=False)
+    pad = [(0, (-s) % factor) for s in volume.shape]
+    padded = np.pad(volume.astype(np.float32, copy=False), pad, mode="edge")
+    z, y, x = (s // factor for s in padded.shape)
+    return padded.reshape(z, factor, y, factor, x, factor).mean(axis=(1, 3, 5))
+
+
+def foreground_box(fg_prob: np.ndarray, threshold: float, min_voxels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Box of the thresholded foreground after removing components smaller than `min_voxels`."""
+    mask = fg_prob > threshold
+    if min_voxels > 1 and mask.any():
+        mask = cc3d.dust(mask, threshold=min_voxels, connectivity=26) > 0
+    return mask_bounds(mask)
+
+
+def bone_box(hu: np.ndarray, spacing_mm: float, threshold_hu: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The spine box from a (coarse) HU volume in the store frame, without labels; None when no column is found."""
+    body = cc3d.largest_k(hu > BODY_HU, k=1, connectivity=6) > 0
+    if not body.any():
+        return None
+    bone = (hu > threshold_hu) & body
+    body_x = np.flatnonzero(body.any(axis=(0, 1)))
+    midline = (body_x[0] + body_x[-1]) / 2
+    slab = max(1, int(round(SLAB_MM / spacing_mm)))
+    lo, hi = None, None
+    for first in range(0, hu.shape[0], slab):
+        column = _slab_column(bone[first : first + slab], midline, MIDLINE_TOLERANCE_MM / spacing_mm)
+        if column is None:
+            continue
+        (y0, x0), (y1, x1) = column
+        box_lo = np.array([first, y0, x0])
+        box_hi = np.array([min(first + slab, hu.shape[0]), y1, x1])
+        lo = box_lo if lo is None else np.minimum(lo, box_lo)
+        hi = box_hi if hi is None else np.maximum(hi, box_hi)
+    return None if lo is None else (lo, hi)
+
+
+def _slab_column(bone_slab: np.ndarray, midline: float, tolerance: float):
+    """(y, x) box of the bone column of one slab: the largest near-midline region that is bone in most slices."""
+    fraction = bone_slab.mean(axis=0)
+    regions, n = cc3d.connected_components(fraction >= COLUMN_FRACTION, connectivity=8, return_N=True)
+    if n == 0:
+        return None
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    xs = np.bincount(regions.ravel(), weights=np.indices(regions.shape)[1].ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
+    sizes = np.where(np.abs(xs - midline) <= tolerance, sizes, 0)
+    if sizes.max() == 0:
+        return None
+    bounds = mask_bounds(regions == int(np.argmax(sizes)) + 1)
+    return tuple(bounds[0]), tuple(bounds[1])

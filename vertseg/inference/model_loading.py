@@ -1,0 +1,99 @@
+"""Load the network for inference: from a training checkpoint (teacher/EMA weights first) or randomly initialised.
+
+A checkpoint is a `torch.save`d dict holding the run's config (a plain dict) and one or more state dicts; it is
+read with `weights_only=True`, so only tensors and plain containers are accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vertseg.config import ConfigError, VertsegConfig, build_config
+from vertseg.model import build_model
+
+# Preference order of weights inside a checkpoint: the EMA teacher is the better model (section 2.4.3).
+STATE_KEYS = ("teacher", "ema", "teacher_state", "student", "model", "student_state", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt/unsafe files
+        raise CheckpointError(f"checkpoint {path} cannot be read safely: {str(error).splitlines()[0]}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
+    return payload
+
+
+def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list[str] | None = None) -> VertsegConfig:
+    """The training run's config; `overrides` may change inference/post-processing keys, not the network."""
+    raw = payload.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"checkpoint {path} has no 'config' dict; it was not written by vertseg train")
+    try:
+        config = build_config(raw, overrides, f"{path} (config)")
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
+    trained = build_config(raw, None, str(path)).model
+    if config.model != trained:
+        raise CheckpointError(f"checkpoint {path}: --set may not change model.* (the weights fix the network)")
+    return config
+
+
+def state_dict_of(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
+    for key in STATE_KEYS:
+        state = payload.get(key)
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return state, key
+    raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(STATE_KEYS)})")
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP/compile prefixes ("module.", "_orig_mod.") so any saved wrapper loads into the plain network."""
+    out = {}
+    for name, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while name.startswith(prefix):
+                name = name[len(prefix):]
+        out[name] = value
+    return out
+
+
+def load_model(path: Path | str, overrides: list[str] | None = None) -> tuple[nn.Module, VertsegConfig, str]:
+    """(network in eval mode on CPU, its config, which weights were used)."""
+    payload = read_checkpoint(path)
+    config = checkpoint_config(payload, path, overrides)
+    state, key = state_dict_of(payload, path)
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(_strip_prefixes(state), strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the configured network: {str(error)[:500]}") from None
+    return model.eval(), config, key
+
+
+def random_model(config: VertsegConfig, seed: int = 0) -> nn.Module:
+    """An untrained network, for smoke tests and benchmarks only: its predictions are meaningless."""
+    torch.manual_seed(seed)
+    return build_model(config.model).eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA on a machine without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available")
+    return device

@@ -1,0 +1,205 @@
+"""Sequence decoders: from cranio-caudally ordered instances and their class probabilities to VerSe labels.
+
+Input: `probs` (N, K), row i = class probabilities of instance i (instance 0 most superior), columns = protocol
+classes 1..K. Output: one VerSe label per instance, anatomically ordered and without duplicates.
+
+- `paper` (section 2.6): take each instance's most probable class; for a duplicated label keep the most confident
+  instance and renumber the others by their spatial offset from it; then walk superior to inferior and shift or
+  fill so that every label follows its predecessor (a skipped level is filled, a repeated or reversed one is
+  shifted). The most superior instance therefore anchors the sequence.
+- `dp` (default): the most probable labelling in which consecutive instances carry consecutive levels, i.e.
+  argmax over label paths of sum_i log p_i(label_i); a Viterbi pass over the chain of levels (equivalent to
+  trying every start label when the chain has no optional levels). With `allow_t13`/`allow_l6` the chain may
+  pass through T13 (between T12 and L1) or end with L6 (after L5); entering one costs `log(transitional_prior)`.
+  When the protocol has no class for a transitional level (C1-L5 training merges L6 into L5 and T13 into T12),
+  its evidence is the probability of the level it was merged into. Given instance centroids, `dp` is gap-aware:
+  it may skip one level between two instances whose distance is much larger than the neighbouring steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from vertseg.labels import L6, T13, Protocol, anatomical_rank
+
+DecoderName = Literal["dp", "paper"]
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class LabelChain:
+    """The levels a decoder may emit, in anatomical order, with the protocol class that scores each level."""
+
+    states: tuple[int, ...]
+    optional: frozenset[int]
+    score_class: tuple[int, ...]
+
+    @classmethod
+    def build(cls, protocol: Protocol, allow_l6: bool = False, allow_t13: bool = False) -> "LabelChain":
+        labels = set(protocol.verse_labels)
+        optional = set()
+        for flag, level, merged_into in ((allow_t13, T13, 19), (allow_l6, L6, 24)):
+            if level in labels or (flag and merged_into in labels):
+                labels.add(level)
+                optional.add(level)
+        states = tuple(sorted(labels, key=anatomical_rank))
+        merged = {T13: 19, L6: 24}
+        score_class = tuple(
+            protocol.class_of(s) if s in protocol.verse_labels else protocol.class_of(merged[s]) for s in states
+        )
+        return cls(states=states, optional=frozenset(optional), score_class=score_class)
+
+    def transitions(self, transitional_prior: float, skip: int = 0) -> np.ndarray:
+        """(S, S) log weights of moving from level a (row) to the next instance's level b (column), passing over
+        `skip` missing non-transitional levels in between."""
+        n = len(self.states)
+        log_t = np.full((n, n), -np.inf)
+        for a in range(n):
+            b, passed = a + 1, 0
+            while b < n:
+                core = self.states[b] not in self.optional
+                if passed == skip:
+                    log_t[a, b] = 0.0 if core else np.log(transitional_prior)
+                if core:
+                    if passed == skip:
+                        break
+                    passed += 1
+                b += 1
+        return log_t
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """VerSe label per instance (0 where no consistent level exists) and the probability of that level."""
+
+    labels: np.ndarray
+    confidence: np.ndarray
+
+
+def _check_probs(probs: np.ndarray, protocol: Protocol) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != protocol.num_classes:
+        raise ValueError(f"class probabilities must be (N, {protocol.num_classes}) for protocol {protocol.name}, got {probs.shape}")
+    if np.any(~np.isfinite(probs)) or np.any(probs < 0):
+        raise ValueError("class probabilities must be finite and non-negative")
+    return probs
+
+
+def _viterbi(emit: np.ndarray, log_t: np.ndarray) -> tuple[np.ndarray, float]:
+    """Best state path for emission log-scores (N, S) under transition log weights (S, S) or per step (N-1, S, S)."""
+    n, s = emit.shape
+    delta = emit[0].copy()
+    back = np.zeros((n, s), dtype=np.int64)
+    for i in range(1, n):
+        candidates = delta[:, None] + (log_t if log_t.ndim == 2 else log_t[i - 1])
+        back[i] = np.argmax(candidates, axis=0)
+        delta = candidates[back[i], np.arange(s)] + emit[i]
+    path = np.empty(n, dtype=np.int64)
+    path[-1] = int(np.argmax(delta))
+    for i in range(n - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path, float(delta[path[-1]])
+
+
+def gap_probabilities(centroids_mm: np.ndarray) -> np.ndarray:
+    """(N-1,) probability that a level is missing between consecutive instances, from how much longer the step is
+    than the neighbouring steps (vertebral height changes slowly along the spine; a missed vertebra about doubles
+    the step). A steep logistic in the ratio: 0.5 at 1.6x, about 1e-4 at 1x."""
+    steps = np.linalg.norm(np.diff(np.asarray(centroids_mm, dtype=np.float64), axis=0), axis=1)
+    if steps.size < 2:
+        return np.full(steps.size, 0.01)
+    ratio = np.empty_like(steps)
+    for i in range(steps.size):
+        others = np.r_[steps[max(0, i - 2):i], steps[i + 1:i + 3]]
+        ratio[i] = steps[i] / max(float(np.median(others)), 1e-6)
+    return np.clip(1.0 / (1.0 + np.exp(-15.0 * (ratio - 1.6))), 1e-4, 1 - 1e-4)
+
+
+def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, allow_t13: bool = False,
+              transitional_prior: float = 0.1, centroids_mm: np.ndarray | None = None) -> Decoded:
+    """Most probable consecutive labelling (see module docstring). More instances than levels: the best-scoring
+    run of consecutive instances is labelled and the rest get 0.
+
+    With `centroids_mm` (N, 3) the chain may also skip one level between two instances (a vertebra the
+    segmentation missed), weighted by `gap_probabilities`: gap-aware decoding."""
+    probs = _check_probs(probs, protocol)
+    n = probs.shape[0]
+    if n == 0:
+        return Decoded(np.zeros(0, dtype=np.int64), np.zeros(0))
+    chain = LabelChain.build(protocol, allow_l6, allow_t13)
+    emit_p = probs[:, np.asarray(chain.score_class) - 1]
+    emit = np.log(emit_p + _EPS)
+    log_t = chain.transitions(transitional_prior)
+    if centroids_mm is not None and n > 1:
+        if np.shape(centroids_mm) != (n, 3):
+            raise ValueError(f"centroids_mm must be ({n}, 3), got {np.shape(centroids_mm)}")
+        gap = gap_probabilities(centroids_mm)[:, None, None]
+        log_t = np.logaddexp(log_t[None] + np.log1p(-gap), chain.transitions(transitional_prior, skip=1)[None] + np.log(gap))
+    best: tuple[float, int, np.ndarray] | None = None
+    for length in range(n, 0, -1):
+        for start in range(n - length + 1):
+            steps = log_t if log_t.ndim == 2 else log_t[start:start + length - 1]
+            path, score = _viterbi(emit[start:start + length], steps)
+            if np.isfinite(score) and (best is None or score > best[0]):
+                best = (score, start, path)
+        if best is not None:
+            break
+    score, start, path = best
+    labels = np.zeros(n, dtype=np.int64)
+    confidence = np.zeros(n)
+    rows = np.arange(start, start + path.size)
+    labels[rows] = np.asarray(chain.states)[path]
+    confidence[rows] = emit_p[rows, path]
+    return Decoded(labels, confidence)
+
+
+def decode_paper(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, allow_t13: bool = False) -> Decoded:
+    """Section 2.6 rules (see module docstring), on the chain of non-transitional levels; a sequence running past
+    the last level is shifted up (or ends in L6 when allowed)."""
+    probs = _check_probs(probs, protocol)
+    n = probs.shape[0]
+    if n == 0:
+        return Decoded(np.zeros(0, dtype=np.int64), np.zeros(0))
+    chain = LabelChain.build(protocol, allow_l6, allow_t13)
+    core = [s for s in chain.states if s not in chain.optional]
+    # A transitional prediction counts as the level it extends (T13 -> T12, L6 -> L5).
+    core_index = {s: core.index(s) for s in core} | {T13: core.index(19), L6: core.index(24)}
+    raw = np.array([core_index[protocol.verse_of(int(c) + 1)] for c in np.argmax(probs, axis=1)])
+    conf = probs.max(axis=1)
+    position = raw.copy()
+    for level in np.unique(raw):
+        members = np.flatnonzero(raw == level)
+        if members.size > 1:
+            keep = members[np.argmax(conf[members])]
+            position[members] = level + (members - keep)
+    for i in range(1, n):
+        if position[i] != position[i - 1] + 1:
+            position[i] = position[i - 1] + 1
+    position -= min(position[0], 0)
+    labels_core = np.asarray(core)
+    overflow = int(position[-1]) - (len(core) - 1)
+    extra_l6 = allow_l6 and L6 in chain.states and overflow >= 1
+    if extra_l6:
+        overflow -= 1
+    if overflow > 0:
+        position -= overflow
+    labels = np.where(position >= 0, labels_core[np.clip(position, 0, len(core) - 1)], 0)
+    if extra_l6:
+        labels[-1] = L6
+    state_index = {s: k for k, s in enumerate(chain.states)}
+    score_col = np.array([chain.score_class[state_index[int(lab)]] - 1 if lab else 0 for lab in labels])
+    confidence = np.where(labels > 0, probs[np.arange(n), score_col], 0.0)
+    return Decoded(labels.astype(np.int64), confidence)
+
+
+def decode(name: DecoderName, probs: np.ndarray, protocol: Protocol, allow_l6: bool = False,
+           allow_t13: bool = False, centroids_mm: np.ndarray | None = None) -> Decoded:
+    """Dispatch by decoder name (`InferenceConfig.decoder`); `centroids_mm` makes `dp` gap-aware."""
+    if name == "dp":
+        return decode_dp(probs, protocol, allow_l6, allow_t13, centroids_mm=centroids_mm)
+    if name == "paper":
+        return decode_paper(probs, protocol, allow_l6, allow_t13)
+    raise ValueError(f"unknown sequence decoder {name!r}; choose 'dp' or 'paper'")

@@ -1,0 +1,60 @@
+"""The epoch loop shared by the single-process runner and the Ray Train worker: train, validate, hand off."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from vertseg.training.data import TrainingData
+from vertseg.training.trainer import Trainer
+
+
+@dataclass
+class EpochResult:
+    """What one (possibly interrupted) epoch produced; `epoch` is the number of completed epochs."""
+
+    epoch: int
+    metrics: dict[str, float]
+    validated: bool
+    interrupted: bool
+    seconds: float
+
+
+def _cycle(loader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def fit(
+    trainer: Trainer,
+    data: TrainingData,
+    on_epoch_end: Callable[[EpochResult], None],
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> None:
+    """Train until the configured number of epochs (or a stop request, which ends the run after the current step).
+
+    Each epoch starts fresh, seeded patch streams (`set_epoch`), so a resumed run sees the same data as an
+    uninterrupted one; an epoch interrupted mid-way restarts its stream and runs only its remaining iterations.
+    """
+    import time
+
+    every = trainer.train_cfg.validate_every
+    while not trainer.finished:
+        started = time.perf_counter()
+        data.set_epoch(trainer.epoch)
+        labeled = _cycle(data.labeled)
+        unlabeled = _cycle(data.unlabeled) if data.unlabeled is not None else None
+        metrics = trainer.train_epoch(labeled, unlabeled, on_step=on_step, should_stop=should_stop)
+        interrupted = trainer.iteration != 0 or (should_stop is not None and should_stop())
+        validated = False
+        if not interrupted and data.validation is not None and (trainer.epoch % every == 0 or trainer.finished):
+            metrics.update(trainer.evaluate(data.validation))
+            validated = True
+        seconds = time.perf_counter() - started
+        samples = trainer.train_cfg.schedule.iterations_per_epoch * trainer.train_cfg.optim.labeled_batch_size
+        metrics["samples_per_s"] = samples / seconds if seconds > 0 else math.nan
+        on_epoch_end(EpochResult(trainer.epoch, metrics, validated, interrupted, seconds))
+        if interrupted:
+            return

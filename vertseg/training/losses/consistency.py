@@ -1,0 +1,68 @@
+"""The consistency term (Eq. 9-11) and the class-frequency weights w_k."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def class_frequency_weights(counts: torch.Tensor) -> torch.Tensor:
+    """w_k proportional to the inverse training-set frequency of class k, normalised so sum_k w_k = K.
+
+    counts: (K,) voxel (or occurrence) counts of classes 1..K. Classes never seen get the largest weight of the seen
+    ones (rare, not infinitely rare); all zero counts give uniform weights.
+    """
+    counts = counts.double()
+    k = counts.numel()
+    if counts.sum() <= 0:
+        return torch.ones(k, dtype=torch.float32)
+    inv = torch.where(counts > 0, counts.sum() / counts.clamp(min=1e-12), torch.zeros_like(counts))
+    inv = torch.where(counts > 0, inv, inv.max())
+    return (inv * k / inv.sum()).float()
+
+
+def seg_consistency_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float, threshold: float = 0.5
+) -> tuple[torch.Tensor, float]:
+    """Eq. 10: BCE of student logits against the binarised teacher mask on voxels where the teacher is confident.
+
+    Confidence is max(p_T, 1 - p_T) > tau (a confident background voxel is as informative as a foreground one).
+    Returns (loss averaged over the confident voxels, fraction of voxels passing the mask).
+    """
+    p_teacher = torch.sigmoid(teacher_logits.float())
+    pseudo = (p_teacher > threshold).float()
+    confident = (torch.maximum(p_teacher, 1.0 - p_teacher) > tau).float()
+    bce = F.binary_cross_entropy_with_logits(student_logits.float(), pseudo, reduction="none")
+    loss = (bce * confident).sum() / confident.sum().clamp(min=1.0)
+    return loss, float(confident.mean())
+
+
+def cls_consistency_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float, temperature: float, class_weights: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Eq. 11: class-weighted CE of the student against teacher pseudo-classes on confident vertebra voxels.
+
+    Teacher heatmaps go through softmax(logits / T); pseudo-class = argmax; kept where the max confidence > tau and
+    the pseudo-class is not background. The loss is sum_k w_k sum_{x in Omega_k} CE_x / |Omega| (a frequency-weighted
+    mean, so its scale does not grow with the number of visible vertebrae). Returns (loss, pass fraction).
+    """
+    p_teacher = torch.softmax(teacher_logits.float() / temperature, dim=1)
+    confidence, pseudo = p_teacher.max(dim=1)
+    keep = (confidence > tau) & (pseudo > 0)
+    ce = F.cross_entropy(student_logits.float(), pseudo, reduction="none")
+    weights = torch.cat([class_weights.new_zeros(1), class_weights.to(ce.device, ce.dtype)])[pseudo]
+    keep_f = keep.float()
+    loss = (ce * weights * keep_f).sum() / keep_f.sum().clamp(min=1.0)
+    return loss, float(keep_f.mean())
+
+
+def probability_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mode: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Teacher / UA-MT consistency: MSE between probabilities (sigmoid for `binary`, softmax for `multiclass`)."""
+    if mode == "binary":
+        diff = (torch.sigmoid(student_logits.float()) - torch.sigmoid(teacher_logits.float())) ** 2
+    else:
+        diff = (torch.softmax(student_logits.float(), 1) - torch.softmax(teacher_logits.float(), 1)) ** 2
+    diff = diff.sum(1)
+    if mask is None:
+        return diff.mean()
+    return (diff * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,0 +1,69 @@
+"""The identification terms of Eq. 3: L_cls^KL (Eq. 7) and L_cls^inst (Eq. 8), and their dynamic reweighting."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def spatial_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """log P: each channel of (B, C, Z, Y, X) normalised over space (the "predicted spatial distribution")."""
+    flat = logits.float().flatten(2)
+    return (flat - torch.logsumexp(flat, dim=-1, keepdim=True)).view_as(logits)
+
+
+def kl_heatmap_loss(id_logits: torch.Tensor, heatmaps: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: KL(H || P) per present vertebra, averaged over present vertebrae.
+
+    id_logits: (B, K+1, z, y, x) with channel 0 = background (not a heatmap); heatmaps: (B, K, z, y, x), each summing
+    to 1 where `present` (B, K). Returns 0 (with a graph) when no vertebra is present.
+    """
+    log_p = spatial_log_softmax(id_logits[:, 1:])
+    h = heatmaps.float()
+    log_h = torch.log(h.clamp(min=1e-30))
+    kl = (h * (log_h - log_p)).flatten(2).sum(-1)  # (B, K)
+    weight = present.float()
+    return (kl * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def downsample_labels(labels: torch.Tensor, shape: tuple[int, int, int], num_classes: int) -> torch.Tensor:
+    """Ground-truth per-vertebra instance maps I_m at low resolution: one-hot (B, K+1, *shape), area-averaged.
+
+    Averaging keeps a vertebra thinner than the downsampling factor visible (nearest sampling would drop it).
+    """
+    one_hot = F.one_hot(labels.long(), num_classes + 1).permute(0, 4, 1, 2, 3).float()
+    return F.adaptive_avg_pool3d(one_hot, shape)
+
+
+def instance_dice_loss(id_logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Eq. 8: mean over ground-truth vertebrae m of (1 - soft Dice(I_m, m)).
+
+    The predicted instance map m is the class-softmax of the identification logits; a prediction that merges two
+    vertebrae into one class, or splits one over two classes, loses Dice on both.
+    """
+    num_classes = id_logits.shape[1] - 1
+    prob = torch.softmax(id_logits.float(), dim=1)[:, 1:]
+    target = downsample_labels(labels, tuple(id_logits.shape[2:]), num_classes)[:, 1:]
+    inter = (prob * target).flatten(2).sum(-1)
+    denom = prob.flatten(2).sum(-1) + target.flatten(2).sum(-1)
+    dice = (2.0 * inter + eps) / (denom + eps)  # (B, K)
+    present = target.flatten(2).sum(-1) > 0
+    weight = present.float()
+    return ((1.0 - dice) * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def combine_identification(kl: torch.Tensor, inst: torch.Tensor, rule: str) -> tuple[torch.Tensor, float, float]:
+    """The "dynamically reweighted" sum L_cls^KL + L_cls^inst of Eq. 3.
+
+    `balance`: weights w_kl = 2 L_inst / (L_kl + L_inst), w_inst = 2 L_kl / (L_kl + L_inst) from the detached current
+    values, so both terms contribute equally to the gradient scale whatever their magnitudes (KL is unbounded, the
+    Dice term lies in [0, 1]); with equal magnitudes it reduces to the plain sum. `none`: the plain sum.
+    Returns (loss, w_kl, w_inst).
+    """
+    if rule == "none":
+        return kl + inst, 1.0, 1.0
+    a, b = float(kl.detach()), float(inst.detach())
+    if a + b <= 0.0 or not (a == a and b == b):
+        return kl + inst, 1.0, 1.0
+    w_kl, w_inst = 2.0 * b / (a + b), 2.0 * a / (a + b)
+    return w_kl * kl + w_inst * inst, w_kl, w_inst

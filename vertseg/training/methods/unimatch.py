@@ -1,0 +1,46 @@
+"""UniMatch (Yang et al. 2023) adapted to the dual-branch model: the student's own weak-view predictions are the
+pseudo-labels for two strong views (image perturbation) and for a feature-perturbed decode of the weak view
+(dropout on the encoder features); weights 0.25 / 0.25 / 0.5 as in the original. Confidence masks use the same
+tau_seg / tau_cls schedules and class weights as `proposed`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vertseg.training.augment import strong_augment
+from vertseg.training.ema import EMATeacher
+from vertseg.training.losses import cls_consistency_loss, seg_consistency_loss
+from vertseg.training.methods.base import Method, StepContext, Views, split_output, supervised_loss
+
+
+class UniMatch(Method):
+    name = "unimatch"
+    uses_unlabeled = True
+
+    def loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
+        labeled = views.labeled
+        if views.strong is None or ctx.consistency_weight <= 0:
+            outputs, _ = student(labeled["image"])
+            return supervised_loss(outputs[0], labeled, ctx.config, ctx.logs)
+        n_l, n_u = labeled["image"].shape[0], views.weak.shape[0]
+        strong2 = strong_augment(views.weak, ctx.config.augment, ctx.generator)
+        x = torch.cat([labeled["image"], views.weak, views.strong, strong2])
+        outputs, fp_out = student(x, fp=(n_l, n_l + n_u))
+        sup_out, weak_out, s1_out, s2_out = split_output(outputs[0], [n_l, n_u, n_u, n_u])
+        sup = supervised_loss(sup_out, labeled, ctx.config, ctx.logs)
+        cfg = ctx.config.loss
+        terms = {}
+        for name, out, weight in (("s1", s1_out, 0.25), ("s2", s2_out, 0.25), ("fp", fp_out, 0.5)):
+            seg, pass_seg = seg_consistency_loss(out.seg[0], weak_out.seg[0].detach(), ctx.tau_seg, cfg.seg_pseudo_threshold)
+            cls, pass_cls = cls_consistency_loss(
+                out.identification, weak_out.identification.detach(), ctx.tau_cls, cfg.temperature, ctx.class_weights
+            )
+            terms[name] = (weight * seg, weight * cls)
+            if name == "s1":
+                ctx.logs.update(pass_seg=pass_seg, pass_cls=pass_cls)
+        cons_seg = sum(t[0] for t in terms.values())
+        cons_cls = sum(t[1] for t in terms.values())
+        ctx.logs.update(loss_cons_seg=float(cons_seg.detach()), loss_cons_cls=float(cons_cls.detach()))
+        return sup + ctx.consistency_weight * (cons_seg + cons_cls)

@@ -1,0 +1,125 @@
+"""Single-process training (`vertseg train --cpu-workers 0`): no Ray, checkpoints and metrics in the run folder.
+
+Layout of `RUN_DIR`: `config.yaml`, `metrics.jsonl` (one line per epoch), `checkpoints/latest.pt` (every epoch and
+on SIGTERM), `checkpoints/best.pt` (best validation score).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vertseg.config import VertsegConfig, dump_config
+from vertseg.io import atomic_write_text
+from vertseg.training.checkpoint import load_checkpoint, save_checkpoint
+from vertseg.training.data import build_training_data
+from vertseg.training.loop import EpochResult, fit
+from vertseg.training.methods import get_method
+from vertseg.training.trainer import Trainer, is_better
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (Slurm preemption, scancel, Ctrl-C): the run checkpoints and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+    def install(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_local(
+    config: VertsegConfig,
+    store: Path,
+    unlabeled: Path | None,
+    run_dir: Path,
+    resume: bool = False,
+    device: torch.device | None = None,
+    loader_workers: int = 0,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochResult, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train in this process; returns {"best": metrics, "best_checkpoint": path, "epochs": completed}."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    latest, best_path = ckpt_dir / "latest.pt", ckpt_dir / "best.pt"
+    device = device or default_device()
+    data = build_training_data(
+        config, store, unlabeled, loader_workers=loader_workers, uses_unlabeled=get_method(config.train.method).uses_unlabeled
+    )
+    trainer = Trainer(config, device, class_counts=data.class_counts)
+    best: dict[str, float] | None = None
+    history: list[dict[str, Any]] = []
+    if resume:
+        if not latest.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {latest}")
+        state = load_checkpoint(latest, device)
+        trainer.load_state_dict(state)
+        best = state.get("best_metrics")
+        log(f"resumed {run_dir.name} at epoch {trainer.epoch} (step {trainer.step})")
+    metrics_file = run_dir / "metrics.jsonl"
+    if metrics_file.exists() and resume:
+        history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+
+    def on_epoch_end(result: EpochResult) -> None:
+        nonlocal best
+        is_best = result.validated and is_better(result.metrics, best)
+        if is_best:
+            best = {**result.metrics, "epoch": result.epoch}
+        state = {**trainer.state_dict(), "best_metrics": best}
+        save_checkpoint(latest, state)
+        if is_best:
+            save_checkpoint(best_path, state)
+        history.append({"epoch": result.epoch, "interrupted": result.interrupted, **result.metrics})
+        atomic_write_text(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
+        log(epoch_line(result, trainer.train_cfg.schedule.epochs, is_best))
+        if on_epoch is not None:
+            on_epoch(result, {"latest": latest, "best": best_path if best is not None else None})
+
+    stop = StopFlag().install()
+    try:
+        fit(trainer, data, on_epoch_end, should_stop=stop)
+    finally:
+        stop.uninstall()
+    return {"best": best, "best_checkpoint": best_path if best_path.exists() else latest, "epochs": trainer.epoch,
+            "interrupted": stop()}
+
+
+def epoch_line(result: EpochResult, epochs: int, is_best: bool) -> str:
+    """The one line per epoch the issue asks for."""
+    m = result.metrics
+    parts = [f"epoch {result.epoch}/{epochs}", f"loss {m.get('loss', float('nan')):.4f}", f"lr {m.get('lr', 0):.2e}",
+             f"lambda {m.get('lambda_cons', 0):.3f}"]
+    if "pass_seg" in m:
+        parts.append(f"pass seg/cls {m['pass_seg']:.2f}/{m.get('pass_cls', 0):.2f}")
+    if result.validated:
+        parts.append(f"val dice {m['val_dice']:.3f}" + (f" id {m['val_id_acc']:.3f}" if "val_id_acc" in m else ""))
+    parts.append(f"{m.get('samples_per_s', 0):.1f} samples/s")
+    if is_best:
+        parts.append("*best*")
+    if result.interrupted:
+        parts.append("(interrupted, checkpoint saved)")
+    return " | ".join(parts)

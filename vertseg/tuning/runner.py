@@ -1,0 +1,150 @@
+"""Launch (or resume) a validated sweep on Ray Tune, tracked under one MLflow parent run.
+
+Layout of a sweep folder `<root>/<sweep name>/`: `state.json` (parent run id, trial keys), `tune/` (Tune's
+experiment state, what `Tuner.restore` reads), `train/<run name>/` (each trial's Ray Train checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vertseg.io import atomic_write_json
+from vertseg.tuning import tracking
+from vertseg.tuning.sweep import SweepError, SweepPlan
+from vertseg.tuning.trial import TrialContext, resolve_entrypoint, run_trial
+
+STATE_FILE = "state.json"
+TRIAL_DRIVER_MEMORY = 256 * 1024**2  # bytes booked per trial driver process
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    root: Path
+    parent_run_id: str
+    mlflow_uri: str
+    finished: int
+    failed: int
+    errors: dict[str, str]
+
+
+def concurrency_limit(cluster: dict[str, float], workers: int, use_gpu: bool, requested: int | None) -> int:
+    """How many trials run at once: what the cluster fits (1 CPU, plus 1 GPU if asked, per Train worker)."""
+    need = {"CPU": float(workers)} | ({"GPU": float(workers)} if use_gpu else {})
+    fits = min(math.floor(cluster.get(resource, 0.0) / amount) for resource, amount in need.items())
+    if fits < 1:
+        have = {k: cluster.get(k, 0.0) for k in need}
+        raise SweepError(f"one trial needs {need} but the Ray cluster has {have}; lower --workers-per-trial")
+    return min(fits, requested) if requested else fits
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _connect_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address = "auto"
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    root: Path,
+    mlflow_uri: str | None = None,
+    resume: bool = False,
+    max_concurrent: int | None = None,
+    workers: int | None = None,
+    use_gpu: bool | None = None,
+    address: str | None = None,
+    experiment: str | None = None,
+) -> SweepOutcome:
+    """Run every trial of `plan` (or, with `resume`, the ones not finished yet) and return the tally."""
+    from ray import tune
+
+    sweep = plan.sweep
+    resolve_entrypoint(sweep.entrypoint)
+    root = Path(root).resolve()
+    folder = root / sweep.name
+    state_path = folder / STATE_FILE
+    state = _read_state(state_path)
+    keys = [t.key for t in plan.trials]
+    if state is not None and not resume:
+        raise SweepError(f"sweep folder {folder} already holds a sweep; pass --resume to continue it")
+    if state is None and resume:
+        raise SweepError(f"nothing to resume: {state_path} does not exist")
+    if state is not None and state["trial_keys"] != keys:
+        raise SweepError(f"{sweep.name}: the sweep's trials changed since {state_path} was written; start anew")
+
+    uri = mlflow_uri or (state or {}).get("mlflow_uri") or tracking.default_tracking_uri(root)
+    mlflow = tracking.client(uri)
+    if state is None:
+        experiment_id = tracking.ensure_experiment(mlflow, experiment or f"vertseg-sweep-{sweep.name}",
+                                                   folder / "mlartifacts")
+        provenance = tracking.store_provenance(sweep.data.store, sweep.data.eval_split)
+        parent = tracking.start_parent(mlflow, experiment_id, plan, provenance)
+        state = {"parent_run_id": parent, "mlflow_uri": uri, "trial_keys": keys, "smoke": plan.smoke}
+        atomic_write_json(state_path, state)
+    else:
+        parent = state["parent_run_id"]
+        tracking.reopen_parent(mlflow, parent)
+
+    resources = sweep.resources
+    workers = workers or resources.workers_per_trial
+    use_gpu = resources.use_gpu if use_gpu is None else use_gpu
+    _connect_ray(address)
+    import ray
+
+    limit = concurrency_limit(ray.cluster_resources(), workers, use_gpu, max_concurrent or resources.max_concurrent)
+    context = TrialContext(
+        sweep_name=sweep.name,
+        source=str(plan.path),
+        base=plan.base,
+        store=Path(sweep.data.store).resolve(),
+        unlabeled=Path(sweep.data.unlabeled).resolve() if sweep.data.unlabeled else None,
+        storage=folder / "train",
+        mlflow_uri=uri,
+        parent_run_id=parent,
+        workers=workers,
+        use_gpu=use_gpu,
+        entrypoint=sweep.entrypoint,
+    )
+    # The trial function only drives its TorchTrainer; Train's workers hold the CPUs/GPUs. The trial reserves
+    # no CPU (Tune needs a non-empty request, so it books driver memory), and concurrency comes from `limit`.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
+    )
+    tune_dir = folder / "tune"
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in plan.trials])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=limit),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(folder),
+                failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    errors = {
+        result.config["trial"]["key"]: f"{type(result.error).__name__}: {result.error}"
+        for result in results
+        if result.error is not None
+    }
+    finished = len(results) - len(errors)
+    tracking.finish_parent(mlflow, parent, failed=len(errors), finished=finished)
+    return SweepOutcome(folder, parent, uri, finished, len(errors), errors)

@@ -1,0 +1,84 @@
+"""The Ray Tune function trainable: one trial = one full multi-worker Ray Train run (Train V2 builds its
+TorchTrainer inside the trial; `Tuner(trainer)` is not supported there)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from vertseg.tuning import tracking
+from vertseg.tuning.sweep import SSL_METHODS, TrialSpec, trial_config
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs besides its own spec; pickled once per sweep by `tune.with_parameters`."""
+
+    sweep_name: str
+    source: str  # sweep file, for error messages
+    base: dict[str, Any]
+    store: Path
+    unlabeled: Path | None
+    storage: Path  # <sweep root>/train: one Ray Train run folder per trial
+    mlflow_uri: str
+    parent_run_id: str
+    workers: int
+    use_gpu: bool
+    entrypoint: str
+
+
+def resolve_entrypoint(entrypoint: str) -> Callable[..., Any]:
+    module_name, _, function = entrypoint.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as error:
+        raise RuntimeError(f"sweep entrypoint {entrypoint!r} cannot be imported: {error}") from error
+
+
+def run_name(sweep_name: str, trial: TrialSpec) -> str:
+    """Deterministic: a retried or restored trial resumes the same Ray Train run and MLflow run."""
+    return f"{sweep_name}-{trial.key}"
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
+
+
+def run_trial(params: dict[str, Any], context: TrialContext) -> None:
+    """Train one trial (or reuse its finished MLflow run) and report its best metrics to Tune."""
+    from ray import tune
+
+    trial = TrialSpec.model_validate(params["trial"])
+    name = run_name(context.sweep_name, trial)
+    mlflow = tracking.client(context.mlflow_uri)
+    done = tracking.finished_child(mlflow, context.parent_run_id, name)
+    if done is not None:
+        tune.report({**_numeric(done.data.metrics), "reused": 1.0})
+        return
+    config = trial_config(context.base, trial, context.source)
+    train = resolve_entrypoint(context.entrypoint)
+    result = train(
+        config,
+        context.store,
+        context.unlabeled if config.train.method in SSL_METHODS else None,
+        num_workers=context.workers,
+        use_gpu=context.use_gpu,
+        run_name=name,
+        storage_path=context.storage,
+        mlflow_uri=context.mlflow_uri,
+        mlflow_parent_run_id=context.parent_run_id,
+        resume=(context.storage / name).exists(),
+        report_to_tune=True,
+    )
+    if result.mlflow_run_id is None:
+        raise RuntimeError(f"trial {trial.key}: the training run logged no MLflow run")
+    tracking.annotate_child(mlflow, result.mlflow_run_id, context.parent_run_id, context.sweep_name, trial,
+                            config.train.method)
+    tune.report({**_numeric(dict(result.best_metrics)), "reused": 0.0})
