@@ -124,13 +124,20 @@ def test_labelmap_splits_touching_vertebrae_and_reports_volumes():
     assert labelmap.shape == fg.shape and labelmap.dtype == np.uint8
     assert [r.label for r in records] == [20, 21, 22, 23, 24]
     assert labelmap[17, 13, 12] == 20 and labelmap[39, 13, 12] == 21
-    # The bridge (2 slices x 100 voxels) goes to the nearer centroid: L1 keeps 2000 + 100, L2 2000 + 100.
+    # The bridge (2 slices x 100 voxels) goes to the nearer seed through the mask; the seeds (peaks at z 17.5 and
+    # 37.5) are equidistant from it, so it is shared: slice 27 (9.5 from L1) is L1's, slice 28 ties.
+    voxels = [r.voxels for r in records]
+    assert voxels[2:] == [2000, 2000, 2000] and voxels[0] + voxels[1] == 4200 and min(voxels[:2]) >= 2100
+    assert labelmap[27, 13, 12] == 20
+    assert records[0].volume_ml == pytest.approx(voxels[0] / 1000)
+    # The paper's straight-line nearest centroid: slice 27 is 9.5 mm from L1's peak, slice 28 9.5 mm from L2's.
+    straight = config.model_copy(update={"inference": config.inference.model_copy(update={"split_metric": "euclidean"})})
+    _, records = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), straight)
     assert [r.voxels for r in records] == [2100, 2100, 2000, 2000, 2000]
-    assert records[0].volume_ml == pytest.approx(2.1)
     assert records[0].name == "L1" and records[0].argmax_label == 20
     assert records[0].confidence > 3 / 24  # mean of a peaked heatmap: well above the uniform 1/24
-    # Body centroid: centre of the peak's coarse voxel, z = (4 + 0.5) * 130/33 - 0.5.
-    assert records[0].body_centroid_zyx[0] == pytest.approx(4.5 * 130 / 33 - 0.5, abs=0.01)
+    # Body centroid: centre of the peak's coarse voxel 4 at stride 4 (33 = ceil(130 / 4)): z = 4 * 4 + 1.5.
+    assert records[0].body_centroid_zyx == pytest.approx((17.5, 13.5, 13.5))
 
 
 def test_labelmap_without_split_keeps_one_instance_and_dp_shifts():
@@ -153,3 +160,15 @@ def test_labelmap_threshold_and_empty_input():
     assert records == [] and not labelmap.any()
     with pytest.raises(ValueError, match="K = 24"):
         labelmap_from_predictions(fg, maps[:10], (1.0, 1.0, 1.0))
+
+
+def test_gap_aware_dp_skips_the_level_of_a_missed_vertebra():
+    fg, maps = _phantom(touching=False)
+    fg[51:71] = 0  # L3 missed by the segmentation; its heatmap peak stays but has no instance
+    maps[22] = 0.01
+    strict = PostprocessSettings(min_fragment_ml=0.1)
+    _, records = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), strict)
+    assert len([r.label for r in records]) == 4 and [r.label for r in records] != [20, 21, 23, 24]
+    gap_aware = PostprocessSettings(min_fragment_ml=0.1, gap_aware=True)
+    _, records = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), gap_aware)
+    assert [r.label for r in records] == [20, 21, 23, 24]

@@ -106,3 +106,17 @@ def test_split_by_patient_keeps_patients_together_and_is_order_independent():
     assert {s.case_id: s.split for s in reordered} == {s.case_id: s.split for s in assigned}
     kept = split_by_patient([src("x", "x", "site", "test")], fractions)
     assert kept[0].split == "test"
+
+
+def test_one_root_with_both_verse_releases_finds_both_copies_and_the_guard_resolves_them(tmp_path):
+    from vertseg.data.readers import discover_cases
+    from vertseg.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "verse19", 1, "verse19", seed=1, first_id=4, splits={"test": 1.0})
+    generate_dataset(tmp_path / "verse20", 1, "verse20", seed=2, first_id=4, splits={"training": 1.0})
+    sources = discover_cases([tmp_path])
+    assert sorted((s.dataset, s.case_id, s.split) for s in sources) == [
+        ("verse19", "sub-verse004", "test"), ("verse20", "sub-verse004", "training"),
+    ]
+    report = check_pool_overlap(sources)
+    assert [(s.dataset, s.split) for s in report.kept] == [("verse19", "test")]

@@ -59,7 +59,6 @@ def test_teacher_reinitialised_at_end_of_warm_up():
     trainer = Trainer(config)
     batches = iter([phantom_batch(i) for i in range(3)])
     trainer.train_epoch(batches)
-    assert trainer.teacher.checksum() != Trainer(config).teacher.checksum() or True
     student_sum = sum(float(v.double().sum()) for v in trainer.bundle.members[0].state_dict().values())
     assert abs(trainer.teacher.checksum() - student_sum) > 0  # EMA lags the student during warm-up
     trainer.begin_epoch()  # epoch == E_cons
@@ -90,6 +89,7 @@ def test_resume_state_reproduces_the_uninterrupted_run(tmp_path):
         assert torch.equal(resumed.bundle.state_dict()[key], value), key
     assert resumed.teacher.checksum() == straight.teacher.checksum()
     assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+    assert resumed.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(straight.optimizer.state_dict()["state"][0]["momentum_buffer"])
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
@@ -106,12 +106,13 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
 def test_non_finite_steps_are_skipped_then_stop_the_run():
     trainer = Trainer(build_config({}, SMALL + ["train.method=fsl", "train.max_nonfinite_steps=1"]))
+    with torch.no_grad():
+        next(trainer.bundle.parameters())[0].fill_(float("nan"))  # a corrupted weight: every loss is NaN
     before = {k: v.clone() for k, v in trainer.bundle.state_dict().items()}
     bad = phantom_batch(0)
-    bad["image"][0, 0, 0, 0, 0] = float("nan")
     logs = trainer.train_step(bad)
     assert logs["skipped"] == 1.0 and trainer.skipped_steps == 1
     for key, value in trainer.bundle.state_dict().items():
-        assert torch.equal(value, before[key]), key  # the bad step changed nothing
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)  # the bad step changed nothing
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         trainer.train_step(bad)

@@ -33,7 +33,8 @@ def load_landmarks(path: Path | str | None = None) -> dict[str, np.ndarray]:
     for number, line in enumerate(text.strip().splitlines(), start=1):
         fields = line.strip().split(",")
         if len(fields) != 1 + 3 * len(CSV_LEVELS):
-            raise ValueError(f"{path or 'verse19_landmarks.csv'} line {number}: expected {1 + 3 * len(CSV_LEVELS)} fields, got {len(fields)}")
+            expected = 1 + 3 * len(CSV_LEVELS)
+            raise ValueError(f"{path or 'verse19_landmarks.csv'} line {number}: expected {expected} fields, got {len(fields)}")
         scans[fields[0]] = np.array([float(v) for v in fields[1:]]).reshape(len(CSV_LEVELS), 3)
     return scans
 

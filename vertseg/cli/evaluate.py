@@ -26,11 +26,23 @@ def evaluate(
     dataset: str = typer.Option(None, "--dataset", help="Force a reader layout: verse19, verse20, ctspine1k, nifti."),
     by_region: bool = typer.Option(False, "--by-region", help="Add the cervical/thoracic/lumbar split (Table 5)."),
     out: Path = typer.Option(None, "--out", help="Summary JSON (default PRED/evaluation.json); the CSV goes beside it."),
-    spacing: float = typer.Option(1.0, "--spacing", min=0.0, help="Compare masks at this isotropic mm (VerSe: 1); 0 = native grid."),
-    iou_threshold: float = typer.Option(0.5, "--iou-threshold", min=0.0, max=1.0, help="Eq. 16 tau_IoU for instance matching."),
-    min_fragment_ml: float = typer.Option(0.5, "--min-fragment-ml", min=0.0, help="Predicted fragments below this are ignored (Eq. 15)."),
-    instances: InstanceMode = typer.Option(InstanceMode.labels, "--instances", help="Predicted instances: components per label, or of the binary mask (Eq. 15 literally)."),
-    candidates: Candidates = typer.Option(Candidates.all, "--id-candidates", help="Nearest-centroid search over all GT vertebrae (VerSe paper) or only those also predicted (official utility)."),
+    spacing: float = typer.Option(
+        1.0, "--spacing", min=0.0, help="Compare masks at this isotropic mm (VerSe: 1); 0 = native grid."
+    ),
+    iou_threshold: float = typer.Option(
+        0.5, "--iou-threshold", min=0.0, max=1.0, help="Eq. 16 tau_IoU for instance matching."
+    ),
+    min_fragment_ml: float = typer.Option(
+        0.5, "--min-fragment-ml", min=0.0, help="Predicted fragments below this are ignored (Eq. 15)."
+    ),
+    instances: InstanceMode = typer.Option(
+        InstanceMode.labels, "--instances",
+        help="Predicted instances: components per label, or of the binary mask (Eq. 15 read literally).",
+    ),
+    candidates: Candidates = typer.Option(
+        Candidates.all, "--id-candidates",
+        help="Nearest-centroid search over all GT vertebrae (VerSe paper) or only those also predicted (official utility).",
+    ),
 ) -> None:
     """Dice (binary, per vertebra, multilabel), paper Acc_ID (Eq. 15-17), VerSe id-rate and localisation distance."""
     from rich.progress import Progress
@@ -92,7 +104,8 @@ def bench_decoders(
     rows = []
     for scenario in SCENARIOS:
         cases = next(iter(table[scenario].values()))[2]
-        rows.append([scenario, cases] + [f"{100 * table[scenario][d][0]:.1f} / {100 * table[scenario][d][1]:.1f}" for d in DECODERS])
+        cells = [f"{100 * table[scenario][d][0]:.1f} / {100 * table[scenario][d][1]:.1f}" for d in DECODERS]
+        rows.append([scenario, cases] + cells)
     body = (
         "Vertebra-level / case-level (every level right) identification accuracy, %, of each sequence decoder on\n"
         "label sequences simulated from the real centroids of the 80 VerSe 2019 training scans "

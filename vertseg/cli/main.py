@@ -21,9 +21,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "config",
     "synth",
     "data",
+    "train",
+    "predict",
     "evaluate",
     "tune",
     "report",
+    "launch",
 )
 
 for _name in COMMAND_MODULES:

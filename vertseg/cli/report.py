@@ -13,7 +13,7 @@ def report(
     out: Path = typer.Option(..., "--out", help="Folder for report.md, report.html, summary.json and figures/."),
     sweep: str = typer.Option(None, "--sweep", help="Sweep name (the newest sweep run of that name)."),
     runs: list[str] = typer.Option(None, "--runs", help="MLflow run ids (a sweep parent stands for its trials)."),
-    mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Tracking URI; default sqlite:///runs/sweeps/mlflow.db."),
+    mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Tracking URI; default sqlite:///runs/mlflow.db."),
     split: str = typer.Option("val", "--split", help="Metric prefix of the headline numbers, e.g. val or test."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report back to the sweep's parent MLflow run."),
 ) -> None:
@@ -24,7 +24,7 @@ def report(
     from vertseg.reporting.render import build_report, log_to_parent, write_report
     from vertseg.tuning.tracking import client, default_tracking_uri
 
-    uri = mlflow_uri or default_tracking_uri(Path("runs/sweeps"))
+    uri = mlflow_uri or default_tracking_uri(Path("runs"))
     try:
         source = from_sweep(client(uri), sweep) if sweep else from_runs(client(uri), list(runs))
     except ReportError as error:

@@ -43,6 +43,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             0.2, min=0.0, max=1.0, help="VerSe layouts: share of patients with two scans (`split-` entities)."
         ),
         first_id: int = typer.Option(None, help="Number of the first patient id (default 500 for verse20, else 1)."),
+        overwrite: bool = typer.Option(False, help="Replace an earlier `vertseg synth` output in OUT."),
     ) -> None:
         """Write synthetic spine CT phantoms (curved spine, C1-L5 + sacrum, ribs, soft tissue, noise) with masks and
         vertebral-body centroid JSON in a real dataset layout. A `synth.json` at the root records the ground truth."""
@@ -61,10 +62,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         except ValueError as error:
             raise fail(str(error)) from None
         start = time.perf_counter()
-        paths = generate_dataset(
-            out, cases, layout, seed, size, labeled_fraction=labeled_fraction, splits=fractions,
-            variant_rate=variant_rate, multi_scan_rate=multi_scan_rate, first_id=first_id,
-        )
+        try:
+            paths = generate_dataset(
+                out, cases, layout, seed, size, labeled_fraction=labeled_fraction, splits=fractions,
+                variant_rate=variant_rate, multi_scan_rate=multi_scan_rate, first_id=first_id, overwrite=overwrite,
+            )
+        except FileExistsError as error:
+            raise fail(f"{error} (--overwrite)") from None
         elapsed = time.perf_counter() - start
         from vertseg.data.readers import discover_cases
 

@@ -18,7 +18,7 @@ def tune(
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped sweep; finished trials are not rerun."),
     store: Path = typer.Option(None, "--store", help="Labeled store instead of the sweep file's."),
     unlabeled: Path = typer.Option(None, "--unlabeled", help="Unlabeled store instead of the sweep file's."),
-    out: Path = typer.Option(Path("runs/sweeps"), "--out", help="Sweep folders (Tune state, checkpoints, MLflow db)."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Runs folder: MLflow db + OUT/sweeps/NAME (Tune state, checkpoints)."),
     mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Tracking URI; default sqlite:///OUT/mlflow.db."),
     address: str = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://...); default local."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the trials, run nothing."),

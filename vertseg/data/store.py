@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from vertseg.data.chunks import ShardedArrayReader, UnsupportedLayout
 from vertseg.data.config import DataConfig
 from vertseg.data.geometry import CaseGeometry
 from vertseg.io import atomic_path, atomic_write_json
@@ -29,6 +30,7 @@ STORE_FORMAT = "vertseg-store/1"
 MANIFEST = "manifest.json"
 CASES = "cases"
 POOLS = ("labeled", "unlabeled")
+HU_FILL = -1024  # air: outside the field of view and the value of unstored chunks
 
 
 class StoreError(RuntimeError):
@@ -40,6 +42,7 @@ def store_settings(config: DataConfig) -> dict[str, Any]:
     return {
         "spacing_mm": config.spacing_mm,
         "chunk_size": list(config.chunk_size),
+        "shard_size": list(config.shard_size),
         "codec": config.codec,
         "codec_level": config.codec_level,
         "protocol": config.protocol,
@@ -60,13 +63,15 @@ def _compressors(config: DataConfig, dtype: np.dtype) -> Any:
     return BloscCodec(cname=config.codec, clevel=config.codec_level, shuffle=shuffle)
 
 
-def _chunks_for(shape: tuple[int, ...], chunk_size: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(int(min(c, s)) for c, s in zip(chunk_size, shape))
+def _check_layout(config: DataConfig) -> None:
+    if any(s % c for s, c in zip(config.shard_size, config.chunk_size)):
+        raise StoreError(f"data.shard_size {config.shard_size} must be a multiple of data.chunk_size {config.chunk_size}")
 
 
 def init_store(root: Path, config: DataConfig) -> None:
     """Create the root and `cases/` groups (once); refuse a store made with different settings."""
     root = Path(root)
+    _check_layout(config)
     if (root / "zarr.json").exists():
         existing = zarr.open_group(str(root), mode="r").attrs.get("settings")
         if existing is not None and existing != store_settings(config):
@@ -107,15 +112,17 @@ def write_case(
     """Write one case group atomically (temp directory + rename); replaces an older version of the case."""
     with atomic_path(case_path(root, case_id)) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
-        arrays = {"image": image_hu.astype(np.int16, copy=False)}
+        arrays = {"image": (image_hu.astype(np.int16, copy=False), HU_FILL)}
         if labels is not None:
-            arrays["labels"] = labels.astype(np.uint8, copy=False)
-        for name, array in arrays.items():
+            arrays["labels"] = (labels.astype(np.uint8, copy=False), 0)
+        for name, (array, fill) in arrays.items():
             group.create_array(
                 name,
                 data=array,
-                chunks=_chunks_for(array.shape, config.chunk_size),
+                shards=tuple(config.shard_size),
+                chunks=tuple(config.chunk_size),
                 compressors=_compressors(config, array.dtype),
+                fill_value=fill,  # chunks holding only the fill value (air, background) are not stored
                 dimension_names=("z", "y", "x"),
             )
         group.create_array("fg", data=foreground.astype(np.int32), chunks=(max(1, len(foreground)), 4), compressors=None)
@@ -200,7 +207,7 @@ class VertStore:
         if self.manifest.get("format") != STORE_FORMAT:
             raise StoreError(f"{manifest_path}: unknown store format {self.manifest.get('format')!r}")
         self.hu_window = tuple(hu_window) if hu_window is not None else (-500.0, 1500.0)
-        self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._arrays: dict[tuple[str, str], Any] = {}
         self._attrs: dict[str, dict[str, Any]] = {}
 
     @cached_property
@@ -234,6 +241,19 @@ class VertStore:
             self._arrays[key] = zarr.open_array(str(case_path(self.root, case_id) / name), mode="r")
         return self._arrays[key]
 
+    def _window(self, case_id: str, name: str, window: tuple[slice, ...] | None) -> np.ndarray:
+        """Read through the lean shard reader; arrays of another layout fall back to zarr-python."""
+        key = (case_id, f"{name}:reader")
+        if key not in self._arrays:
+            try:
+                self._arrays[key] = ShardedArrayReader(case_path(self.root, case_id) / name)
+            except UnsupportedLayout:
+                self._arrays[key] = None
+        reader = self._arrays[key]
+        if reader is None:
+            return self._array(case_id, name)[window or ...]
+        return reader.read(window or ())
+
     def shape(self, case_id: str) -> tuple[int, int, int]:
         return tuple(self.attrs(case_id)["shape_zyx"])
 
@@ -241,7 +261,7 @@ class VertStore:
         return self.attrs(case_id)["pool"] == "labeled"
 
     def read_hu(self, case_id: str, window: tuple[slice, ...] | None = None) -> np.ndarray:
-        return self._array(case_id, "image")[window or ...]
+        return self._window(case_id, "image", window)
 
     def read_image(self, case_id: str, window: tuple[slice, ...] | None = None) -> np.ndarray:
         """HU window clipped and scaled to [0, 1] (float32), as the network sees it."""
@@ -250,7 +270,7 @@ class VertStore:
     def read_labels(self, case_id: str, window: tuple[slice, ...] | None = None) -> np.ndarray:
         if not self.is_labeled(case_id):
             raise StoreError(f"case {case_id!r} in {self.root} has no labels (unlabeled pool)")
-        return self._array(case_id, "labels")[window or ...]
+        return self._window(case_id, "labels", window)
 
     def foreground(self, case_id: str) -> np.ndarray:
         """(N, 4) sampled foreground voxels: VerSe label (0 = bone, unlabeled cases), z, y, x."""

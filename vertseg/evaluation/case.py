@@ -71,7 +71,9 @@ def mask_centroids(labelmap: np.ndarray, affine: np.ndarray) -> dict[int, np.nda
     if not labels:
         return {}
     index = np.unravel_index(nonzero, labelmap.shape)
-    centres = np.stack([np.bincount(flat, weights=index[a].astype(np.float64), minlength=counts.size)[labels] for a in range(3)], axis=1)
+    centres = np.stack(
+        [np.bincount(flat, weights=index[a].astype(np.float64), minlength=counts.size)[labels] for a in range(3)], axis=1
+    )
     centres /= counts[labels, None]
     physical = centres @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
     return {lab: physical[i] for i, lab in enumerate(labels)}

@@ -50,7 +50,7 @@ def iou_matrix(gt: np.ndarray, instances: np.ndarray, n: int) -> tuple[np.ndarra
     g = gt.ravel().astype(np.int64)
     p = instances.ravel().astype(np.int64)
     inter = np.bincount(g * (n + 1) + p, minlength=(int(g.max(initial=0)) + 1) * (n + 1)).reshape(-1, n + 1)
-    gt_labels = np.flatnonzero(inter[:, :].sum(axis=1))
+    gt_labels = np.flatnonzero(inter.sum(axis=1))
     gt_labels = gt_labels[gt_labels > 0]
     gt_size = inter.sum(axis=1)[gt_labels]
     pred_size = inter.sum(axis=0)[1:]

@@ -24,6 +24,7 @@ class InferenceConfig(BaseModel):
     min_vertebra_ml: float = Field(2.0, ge=0)  # a touching-vertebrae component is split only into pieces this big
     peak_threshold: float = Field(0.1, ge=0)  # a class whose map never reaches this has no predicted centroid
     split_merged: bool = True  # split components holding several centroids along nearest-centroid regions
+    split_metric: Literal["geodesic", "euclidean"] = "geodesic"  # nearest centroid through the mask, or straight line
     gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)
     localisation: Literal["network", "bone", "none"] = "network"  # label-free spine box for the fine pass
     localisation_spacing_mm: float = Field(2.0, gt=0)  # coarse network pass; vertebrae stay >= ~20 voxels tall

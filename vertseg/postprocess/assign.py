@@ -1,9 +1,9 @@
 """Section 2.6 post-processing: network outputs -> VerSe labelmap + per-vertebra table.
 
-Steps: threshold the foreground (0.5); per-class heatmap peaks are the predicted centroids; every foreground
-voxel goes to its nearest centroid (Euclidean, in mm); 3D connected components without small fragments are the
-vertebra candidates, and a component holding several well-supported centroids (touching vertebrae) is split
-along the nearest-centroid regions; each candidate's class probabilities are the mean of the class maps over its
+Steps: threshold the foreground (0.5); per-class heatmap peaks are the predicted centroids; 3D connected
+components without small fragments are the vertebra candidates, and a component holding several centroids
+(touching vertebrae) is split by nearest centroid - through the mask (geodesic, default) or in a straight line
+(Euclidean, the paper's wording); each candidate's class probabilities are the mean of the class maps over its
 voxels; candidates sorted cranio-caudally are labelled by a sequence decoder (`sequence.py`).
 
 Arrays are in the canonical store frame (axis 0 = z, index 0 most superior). Class maps may be at a coarser
@@ -14,7 +14,7 @@ into a full-size buffer per class.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class PostprocessSettings:
     min_vertebra_ml: float = 2.0
     peak_threshold: float = 0.1
     split_merged: bool = True
+    split_metric: Literal["geodesic", "euclidean"] = "geodesic"
     gap_aware: bool = False
     protocol: Protocol = C1_L5
 
@@ -71,12 +72,18 @@ def _vertebra_maps(class_maps: np.ndarray, protocol: Protocol) -> np.ndarray:
     """Drop the background channel when present: (K+1, ...) or (K, ...) -> (K, ...)."""
     k = protocol.num_classes
     if class_maps.ndim != 4 or class_maps.shape[0] not in (k, k + 1):
-        raise ValueError(f"class maps must be (K+1 or K, Z, Y, X) with K = {k} for protocol {protocol.name}, got {class_maps.shape}")
+        raise ValueError(
+            f"class maps must be (K+1 or K, Z, Y, X) with K = {k} for protocol {protocol.name}, got {class_maps.shape}"
+        )
     return class_maps[1:] if class_maps.shape[0] == k + 1 else class_maps
 
 
 def _scale(map_shape: tuple[int, ...], fg_shape: tuple[int, ...]) -> np.ndarray:
-    return np.asarray(fg_shape, dtype=np.float64) / np.asarray(map_shape, dtype=np.float64)
+    """Foreground voxels per map voxel along each axis: the integer stride when the map is the ceil-divided grid
+    of a strided branch (1/4 resolution: ceil(Z / 4) voxels), else the plain extent ratio."""
+    fine, coarse = np.asarray(fg_shape, dtype=np.float64), np.asarray(map_shape, dtype=np.float64)
+    stride = np.maximum(np.round(fine / coarse), 1.0)
+    return np.where(np.ceil(fine / stride) == coarse, stride, fine / coarse)
 
 
 def class_peaks(class_maps: np.ndarray, fg_shape: tuple[int, int, int], threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -114,18 +121,62 @@ def nearest_centroid(points: np.ndarray, centroids: np.ndarray, spacing) -> np.n
     return index
 
 
+def geodesic_owner(flat_fg: np.ndarray, shape: tuple[int, ...], coords: np.ndarray, seeds: np.ndarray, spacing
+                   ) -> np.ndarray:
+    """Index into `seeds` of the seed each foreground voxel is geodesically nearest to, moving only through the
+    foreground (6-neighbour steps weighted by the spacing; multi-source Dijkstra); -1 where none is reachable.
+
+    `flat_fg`: sorted flat indices of the foreground voxels (the graph nodes), `coords` their (N, 3) indices,
+    `seeds`: sorted, unique node numbers of the seeds. Unlike the straight-line nearest centroid, this keeps a spinous process,
+    which reaches down next to the vertebra below, with the body it is attached to."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    n = flat_fg.size
+    strides = (shape[1] * shape[2], shape[2], 1)
+    rows, cols, weights = [], [], []
+    for axis in range(3):
+        source = np.flatnonzero(coords[:, axis] < shape[axis] - 1)
+        neighbour = flat_fg[source] + strides[axis]
+        position = np.minimum(np.searchsorted(flat_fg, neighbour), n - 1)
+        hit = flat_fg[position] == neighbour
+        rows.append(source[hit])
+        cols.append(position[hit])
+        weights.append(np.full(int(hit.sum()), float(spacing[axis])))
+    graph = csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    _, _, sources = dijkstra(graph, directed=False, indices=seeds, min_only=True, return_predecessors=True)
+    owner = np.full(n, -1, dtype=np.int64)
+    reached = sources >= 0
+    owner[reached] = np.searchsorted(seeds, sources[reached])
+    return owner
+
+
 def _split_by_centroids(cc: np.ndarray, n_cc: int, coords: np.ndarray, flat_fg: np.ndarray, peaks: np.ndarray,
-                        spacing, min_piece: int) -> tuple[np.ndarray, int]:
-    """Split components along nearest-peak regions where a piece is big enough and its peak lies inside it."""
-    owner = nearest_centroid(coords, peaks, spacing)
+                        spacing, min_piece: int, metric: str) -> tuple[np.ndarray, int]:
+    """Split components that hold several peaks into one piece per peak (geodesic or straight-line nearest peak).
+
+    A piece stands on its own when its peak lies inside its component and it has at least `min_piece` voxels;
+    other pieces join the largest standing piece of their component (or the component stays whole)."""
     comp = cc.ravel()[flat_fg].astype(np.int64)
-    key = comp * peaks.shape[0] + owner
-    pieces, piece_of_voxel, piece_size = np.unique(key, return_inverse=True, return_counts=True)
-    piece_comp, piece_peak = pieces // peaks.shape[0], pieces % peaks.shape[0]
-    peak_vox = np.clip(np.rint(peaks).astype(np.int64), 0, np.asarray(cc.shape) - 1)
+    peak_vox = np.clip(np.floor(peaks + 0.5).astype(np.int64), 0, np.asarray(cc.shape) - 1)
     peak_comp = cc[tuple(peak_vox.T)].astype(np.int64)
-    valid = (piece_size >= min_piece) & (peak_comp[piece_peak] == piece_comp)
-    # Invalid pieces join the largest valid piece of their component (or the largest piece when none is valid).
+    if metric == "geodesic":
+        seeds_flat = np.ravel_multi_index(tuple(peak_vox.T), cc.shape)
+        inside = peak_comp > 0
+        seed_nodes = np.searchsorted(flat_fg, seeds_flat[inside])
+        owner = np.full(flat_fg.size, -1, dtype=np.int64)
+        if seed_nodes.size:
+            unique_nodes, first = np.unique(seed_nodes, return_index=True)
+            local = geodesic_owner(flat_fg, cc.shape, coords, unique_nodes, spacing)
+            peak_ids = np.flatnonzero(inside)[first]
+            owner[local >= 0] = peak_ids[local[local >= 0]]
+    else:
+        owner = nearest_centroid(coords, peaks, spacing)
+    m = peaks.shape[0] + 1
+    key = comp * m + owner + 1
+    pieces, piece_of_voxel, piece_size = np.unique(key, return_inverse=True, return_counts=True)
+    piece_comp, piece_peak = pieces // m, pieces % m - 1
+    valid = (piece_size >= min_piece) & (piece_peak >= 0) & (peak_comp[np.maximum(piece_peak, 0)] == piece_comp)
     score = piece_size + valid * (piece_size.max() + 1)
     order = np.lexsort((-score, piece_comp))
     comps, first_in_order = np.unique(piece_comp[order], return_index=True)
@@ -195,7 +246,8 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         peaks -= offset
         if settings.split_merged and peaks.shape[0] > 1:
             instances, n = _split_by_centroids(cc, n_cc, coords, flat_fg, peaks, spacing,
-                                               max(1, min_voxels(settings.min_vertebra_ml, spacing)))
+                                               max(1, min_voxels(settings.min_vertebra_ml, spacing)),
+                                               settings.split_metric)
     ordered = sort_cranio_caudal(instances, n)
     if vert_maps is None:
         probs = np.full((n, k), 1.0 / k)

@@ -82,7 +82,9 @@ class Decoded:
 def _check_probs(probs: np.ndarray, protocol: Protocol) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != protocol.num_classes:
-        raise ValueError(f"class probabilities must be (N, {protocol.num_classes}) for protocol {protocol.name}, got {probs.shape}")
+        raise ValueError(
+            f"class probabilities must be (N, {protocol.num_classes}) for protocol {protocol.name}, got {probs.shape}"
+        )
     if np.any(~np.isfinite(probs)) or np.any(probs < 0):
         raise ValueError("class probabilities must be finite and non-negative")
     return probs
@@ -175,10 +177,8 @@ def decode_paper(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, 
         if members.size > 1:
             keep = members[np.argmax(conf[members])]
             position[members] = level + (members - keep)
-    for i in range(1, n):
-        if position[i] != position[i - 1] + 1:
-            position[i] = position[i - 1] + 1
-    position -= min(position[0], 0)
+    # Superior to inferior, each level follows its predecessor: the top instance anchors the sequence.
+    position = max(int(position[0]), 0) + np.arange(n)
     labels_core = np.asarray(core)
     overflow = int(position[-1]) - (len(core) - 1)
     extra_l6 = allow_l6 and L6 in chain.states and overflow >= 1

@@ -123,3 +123,6 @@ class TrainConfig(BaseModel):
     methods: MethodConfig = MethodConfig()
     amp: bool = True  # bf16 autocast on CUDA only; the CPU path stays float32
     max_nonfinite_steps: int = Field(10, ge=0)  # consecutive skipped non-finite steps before the run stops
+    max_failures: int = Field(3, ge=-1)  # Ray Train worker-group restarts from the latest checkpoint (-1 = unlimited)
+    teacher_check_every: int = Field(1, ge=1)  # epochs between cross-rank EMA-teacher checksums
+    loader_workers: int = Field(2, ge=0)  # DataLoader processes per training worker

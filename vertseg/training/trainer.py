@@ -72,9 +72,6 @@ class Trainer:
         )
         schedule = config.train.schedule
         self.total_iterations = schedule.epochs * schedule.iterations_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: lr_factor(i, self.total_iterations, optim)
-        )
         num_classes = config.model.num_classes
         counts = class_counts if class_counts is not None else torch.zeros(num_classes)
         self.class_weights = class_frequency_weights(counts).to(self.device)
@@ -114,6 +111,9 @@ class Trainer:
 
     def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: torch.Tensor | None = None) -> dict[str, float]:
         self.bundle.train()
+        lr = self.train_cfg.optim.lr * lr_factor(self.step, self.total_iterations, self.train_cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr  # derived from the step counter, so a resumed run continues the same decay
         ctx = self._context()
         views = self.make_views(labeled, unlabeled, ctx)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -138,12 +138,11 @@ class Trainer:
                     f"{self._consecutive_nonfinite} consecutive non-finite steps at epoch {self.epoch}, step {self.step} "
                     f"(last terms: {logs}); lower train.optim.lr or check the data"
                 )
-        self.scheduler.step()
         if self.teacher is not None and stepped:
             self.teacher.update(self.bundle.members[0])
         self.step += 1
         logs.update(
-            loss=float(loss.detach()), lr=self.optimizer.param_groups[0]["lr"], lambda_cons=ctx.consistency_weight,
+            loss=float(loss.detach()), lr=lr, lambda_cons=ctx.consistency_weight,
             tau_seg=ctx.tau_seg, tau_cls=ctx.tau_cls, skipped=0.0 if stepped else 1.0,
         )
         return logs
@@ -225,7 +224,7 @@ class Trainer:
             "model": self.bundle.members[0].state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": {"kind": self.train_cfg.optim.lr_decay, "total_iterations": self.total_iterations},
             "epoch": self.epoch,
             "step": self.step,
             "iteration": self.iteration,
@@ -240,7 +239,6 @@ class Trainer:
         if self.teacher is not None and state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.iteration = int(state["epoch"]), int(state["step"]), int(state["iteration"])
         self.skipped_steps = int(state["skipped_steps"])
         restore_rng(state["rng"], self.generator)

@@ -1,6 +1,7 @@
 """Launch (or resume) a validated sweep on Ray Tune, tracked under one MLflow parent run.
 
-Layout of a sweep folder `<root>/<sweep name>/`: `state.json` (parent run id, trial keys), `tune/` (Tune's
+`root` is the runs folder `vertseg train` uses too (default `runs/`): MLflow's `mlflow.db` and `mlartifacts/` sit
+there, shared with plain training runs. Layout of a sweep folder `<root>/sweeps/<sweep name>/`: `state.json` (parent run id, trial keys), `tune/` (Tune's
 experiment state, what `Tuner.restore` reads), `train/<run name>/` (each trial's Ray Train checkpoints).
 """
 
@@ -67,7 +68,6 @@ def run_sweep(
     workers: int | None = None,
     use_gpu: bool | None = None,
     address: str | None = None,
-    experiment: str | None = None,
 ) -> SweepOutcome:
     """Run every trial of `plan` (or, with `resume`, the ones not finished yet) and return the tally."""
     from ray import tune
@@ -75,7 +75,7 @@ def run_sweep(
     sweep = plan.sweep
     resolve_entrypoint(sweep.entrypoint)
     root = Path(root).resolve()
-    folder = root / sweep.name
+    folder = root / "sweeps" / sweep.name
     state_path = folder / STATE_FILE
     state = _read_state(state_path)
     keys = [t.key for t in plan.trials]
@@ -89,8 +89,7 @@ def run_sweep(
     uri = mlflow_uri or (state or {}).get("mlflow_uri") or tracking.default_tracking_uri(root)
     mlflow = tracking.client(uri)
     if state is None:
-        experiment_id = tracking.ensure_experiment(mlflow, experiment or f"vertseg-sweep-{sweep.name}",
-                                                   folder / "mlartifacts")
+        experiment_id = tracking.ensure_experiment(mlflow, tracking.EXPERIMENT, root / "mlartifacts")
         provenance = tracking.store_provenance(sweep.data.store, sweep.data.eval_split)
         parent = tracking.start_parent(mlflow, experiment_id, plan, provenance)
         state = {"parent_run_id": parent, "mlflow_uri": uri, "trial_keys": keys, "smoke": plan.smoke}

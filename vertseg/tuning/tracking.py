@@ -1,6 +1,8 @@
 """MLflow bookkeeping of a sweep: one parent run per sweep, one nested child run per trial.
 
-The child run itself is created by `run_training` (given the parent id); this module creates the parent, finds a
+Parent and children live in the training runs' experiment (`vertseg.distributed.tracking.EXPERIMENT`), so the
+MLflow UI nests them. The child run itself is created by `run_training` (given the parent id); this module creates
+the parent, finds a
 trial's finished child (so a resumed sweep never trains a finished trial twice) and tags children with what the
 report groups by. Tags, not params: params are immutable and `run_training` already logs the full config.
 """
@@ -12,7 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vertseg.distributed.tracking import EXPERIMENT, default_tracking_uri
 from vertseg.tuning.sweep import SSL_METHODS, SweepPlan, TrialSpec
+
+__all__ = ["EXPERIMENT", "default_tracking_uri"]  # re-exported: `vertseg train` and sweeps share one store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -28,11 +33,6 @@ TAG_METHOD = "vertseg.method"
 TAG_DATASET = "vertseg.dataset"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
-
-
-def default_tracking_uri(root: Path) -> str:
-    """A local SQLite store (MLflow 3's own default backend) inside the runs folder, absolute so workers agree."""
-    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def client(uri: str) -> "MlflowClient":
@@ -123,9 +123,16 @@ def finished_child(mlflow: "MlflowClient", parent_run_id: str, run_name: str) ->
 
 
 def annotate_child(
-    mlflow: "MlflowClient", run_id: str, parent_run_id: str, sweep_name: str, trial: TrialSpec, method: str
+    mlflow: "MlflowClient",
+    run_id: str,
+    parent_run_id: str,
+    sweep_name: str,
+    trial: TrialSpec,
+    method: str,
+    best_metrics: dict[str, float] | None = None,
 ) -> None:
-    """Tag a finished trial run with what the report groups by, and attach the trial spec as an artifact."""
+    """Tag a finished trial run with what the report groups by, log its best-epoch metrics as `best_<name>`
+    (the report prefers them over the last epoch's), and attach the trial spec as an artifact."""
     tags: dict[str, Any] = {
         TAG_PARENT: parent_run_id,
         TAG_SWEEP: sweep_name,
@@ -139,6 +146,8 @@ def annotate_child(
         tags[TAG_X] = trial.x
     for key, value in tags.items():
         mlflow.set_tag(run_id, key, str(value))
+    for key, value in (best_metrics or {}).items():
+        mlflow.log_metric(run_id, f"best_{key}", value)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "trial.json").write_text(json.dumps(trial.model_dump(mode="json"), indent=2))
         mlflow.log_artifact(run_id, str(Path(tmp) / "trial.json"), "sweep")

@@ -38,9 +38,15 @@ def resolve_entrypoint(entrypoint: str) -> Callable[..., Any]:
         raise RuntimeError(f"sweep entrypoint {entrypoint!r} cannot be imported: {error}") from error
 
 
-def run_name(sweep_name: str, trial: TrialSpec) -> str:
-    """Deterministic: a retried or restored trial resumes the same Ray Train run and MLflow run."""
-    return f"{sweep_name}-{trial.key}"
+def run_name(sweep_name: str, parent_run_id: str, trial: TrialSpec) -> str:
+    """Deterministic within one sweep (a retried or restored trial resumes the same Ray Train and MLflow run) and
+    distinct across sweeps of the same name (training re-attaches MLflow runs by name)."""
+    return f"{sweep_name}-{parent_run_id[:8]}-{trial.key}"
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """A Ray Train run folder with at least one reported checkpoint: the trial resumes instead of restarting."""
+    return any(run_dir.glob("checkpoint_*"))
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -56,7 +62,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     from ray import tune
 
     trial = TrialSpec.model_validate(params["trial"])
-    name = run_name(context.sweep_name, trial)
+    name = run_name(context.sweep_name, context.parent_run_id, trial)
     mlflow = tracking.client(context.mlflow_uri)
     done = tracking.finished_child(mlflow, context.parent_run_id, name)
     if done is not None:
@@ -74,11 +80,12 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         storage_path=context.storage,
         mlflow_uri=context.mlflow_uri,
         mlflow_parent_run_id=context.parent_run_id,
-        resume=(context.storage / name).exists(),
+        resume=has_checkpoint(context.storage / name),
         report_to_tune=True,
     )
     if result.mlflow_run_id is None:
         raise RuntimeError(f"trial {trial.key}: the training run logged no MLflow run")
+    best = _numeric(dict(result.best_metrics or {}))
     tracking.annotate_child(mlflow, result.mlflow_run_id, context.parent_run_id, context.sweep_name, trial,
-                            config.train.method)
-    tune.report({**_numeric(dict(result.best_metrics)), "reused": 0.0})
+                            config.train.method, best)
+    tune.report({**best, "reused": 0.0})

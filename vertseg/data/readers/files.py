@@ -23,7 +23,9 @@ def nifti_stem(path: Path) -> str:
 def walk_files(root: Path) -> list[Path]:
     """All regular files below root, sorted, skipping hidden files and folders (temp files of atomic writes)."""
     return sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 

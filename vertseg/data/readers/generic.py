@@ -11,7 +11,9 @@ from vertseg.data.readers.splits import split_from_path
 from vertseg.data.types import CaseSource
 
 _IMAGE_DIRS = {"images", "image", "imgs", "img", "ct", "cts", "volumes", "volume", "imagestr", "imagests", "imagesva"}
-_LABEL_DIRS = {"labels", "label", "masks", "mask", "segs", "seg", "segmentations", "gt", "labelstr", "labelsts", "labelsva"}
+_LABEL_DIRS = {
+    "labels", "label", "masks", "mask", "segs", "seg", "segmentations", "gt", "labelstr", "labelsts", "labelsva",
+}
 _LABEL_SUFFIX = re.compile(r"(?P<stem>.+?)[_-](seg|segmentation|mask|msk|label|labels|gt)$", re.IGNORECASE)
 _NNUNET_CHANNEL = re.compile(r"(?P<stem>.+)_0000$")
 

@@ -48,6 +48,7 @@ def same_grid(a, b, *, atol_mm: float = 1e-3, rtol: float = 1e-4) -> str | None:
         return f"spacing {tuple(np.round(a.GetSpacing(), 4))} != {tuple(np.round(b.GetSpacing(), 4))}"
     if not np.allclose(a.GetDirection(), b.GetDirection(), atol=rtol):
         return "direction cosines differ"
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=atol_mm + rtol * max(1.0, float(np.max(np.abs(a.GetOrigin()))))):
+    tolerance = atol_mm + rtol * max(1.0, float(np.max(np.abs(a.GetOrigin()))))
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance):
         return f"origin {tuple(np.round(a.GetOrigin(), 3))} != {tuple(np.round(b.GetOrigin(), 3))}"
     return None

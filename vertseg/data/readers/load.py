@@ -26,7 +26,9 @@ def load_case(source: CaseSource) -> Case:
     if source.image is None and source.mask is None:
         raise CaseError(None, f"case {source.case_id} has neither an image nor a mask")
     image = read_image(source.image, source.series_uid) if source.image is not None else None
-    mask = read_mask(source.mask, source.label_format, reference=image, reference_path=source.image) if source.mask else None
+    mask = None
+    if source.mask is not None:
+        mask = read_mask(source.mask, source.label_format, reference=image, reference_path=source.image)
     centroids = {}
     if source.centroids is not None:
         centroids = read_centroids_lps(source.centroids, image if image is not None else mask)
@@ -156,7 +158,8 @@ def read_centroids_lps(path: Path, reference) -> dict[int, np.ndarray]:
     outside = (voxels < -0.5 - CENTROID_MARGIN_VOXELS) | (voxels > np.asarray(shape) - 0.5 + CENTROID_MARGIN_VOXELS)
     if outside.any():
         label = labels[int(np.argwhere(outside.any(axis=1))[0, 0])]
-        raise CaseError(path, f"centroid of label {label} at voxel {points[label].tolist()} lies outside the {shape} grid")
+        where = points[label].tolist()
+        raise CaseError(path, f"centroid of label {label} at voxel {where} lies outside the {shape} grid")
     physical = voxel_to_lps(voxels, reference)
     return {label: physical[n] for n, label in enumerate(labels)}
 

@@ -54,7 +54,8 @@ def pool_of(source: CaseSource) -> str:
 
 
 def _namespace(source: CaseSource) -> str:
-    return "verse" if source.dataset.lower() in VERSE_FAMILY or source.dataset.lower().startswith("verse") else source.dataset
+    name = source.dataset.lower()
+    return "verse" if name in VERSE_FAMILY or name.startswith("verse") else source.dataset
 
 
 def patient_key(source: CaseSource) -> str:

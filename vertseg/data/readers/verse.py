@@ -45,32 +45,45 @@ def dataset_name(root: Path, path: Path) -> str:
     return "verse"
 
 
+def _group_of(path: Path) -> Path:
+    """The release folder a file belongs to: above `sub-*` and `rawdata`/`derivatives`, else its own folder."""
+    folder = path.parent
+    if folder.name.startswith("sub-"):
+        folder = folder.parent
+    if folder.name in ("rawdata", "derivatives"):
+        folder = folder.parent
+    return folder
+
+
 def discover_verse(root: Path, dataset: str | None = None) -> list[CaseSource]:
+    """Cases keyed by (release folder, scan key), so one root may hold VerSe'19 and '20 with shared ids."""
     files = walk_files(root) if root.is_dir() else [root]
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    ctds: dict[str, Path] = {}
+    tables: dict[str, dict[tuple[Path, str], Path]] = {"image": {}, "mask": {}, "ctd": {}}
+    patterns = (
+        (_SUBJECT_IMAGE, "image"), (_SUBJECT_MASK, "mask"), (_SUBJECT_CTD, "ctd"),
+        (_OLD_IMAGE, "image"), (_OLD_MASK, "mask"), (_OLD_CTD, "ctd"),
+    )
     for path in files:
-        stem = path.name if path.name.endswith(".json") else nifti_stem(path)
-        for pattern, table in (
-            (_SUBJECT_IMAGE, images), (_SUBJECT_MASK, masks), (_SUBJECT_CTD, ctds),
-            (_OLD_IMAGE, images), (_OLD_MASK, masks), (_OLD_CTD, ctds),
-        ):
+        is_json = path.name.endswith(".json")
+        stem = path.name if is_json else nifti_stem(path)
+        for pattern, kind in patterns:
             match = pattern.match(stem)
-            if match and (path.name.endswith(".json") == (table is ctds)):
-                key = match["scan"]
-                if key in table:
-                    raise ValueError(f"{path}: scan {key} also found at {table[key]} (one scan per key)")
-                table[key] = path
+            if match and is_json == (kind == "ctd"):
+                key = (_group_of(path), match["scan"])
+                if key in tables[kind]:
+                    raise ValueError(f"{path}: scan {key[1]} also found at {tables[kind][key]}")
+                tables[kind][key] = path
                 break
+    images, masks, ctds = tables["image"], tables["mask"], tables["ctd"]
     sources = []
     for key in sorted(set(images) | set(masks)):
         anchor = images.get(key) or masks[key]
+        scan = key[1]
         in_folder = root.is_dir()
         sources.append(
             CaseSource(
-                case_id=key,
-                patient_id=entities(key).get("sub", key).lower(),
+                case_id=scan,
+                patient_id=entities(scan).get("sub", scan).lower(),
                 dataset=dataset or (dataset_name(root, anchor.parent) if in_folder else "verse"),
                 split=split_from_path(anchor, root) if in_folder else "",
                 image=images.get(key),
@@ -80,4 +93,3 @@ def discover_verse(root: Path, dataset: str | None = None) -> list[CaseSource]:
             )
         )
     return sources
-

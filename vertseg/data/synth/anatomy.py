@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vertseg.data.synth.landmarks import verse19_distance_stats
-from vertseg.labels import L6, T13, VERSE_NAMES
+from vertseg.labels import L6, T13
 
 # Vertebral body half-width (lateral) and half-depth (AP), mm, for C1..L5 (C1 has no body: ring radii instead).
-_BODY_A = [0, 8, 8.5, 9, 9.5, 10.5, 11.5] + [13, 13.5, 13.5, 13.5, 14, 14.5, 15, 15.5, 16.5, 17.5, 19, 20] + [21, 22, 23, 24, 25]
-_BODY_B = [0, 7.5, 7.5, 7.8, 8, 8, 8.5] + [9, 9.5, 10.5, 11.5, 12, 12.5, 13, 13.5, 14, 14.5, 15, 15.5] + [16, 16.5, 17, 17, 17]
+_BODY_A = [0, 8, 8.5, 9, 9.5, 10.5, 11.5]  # C1-C7
+_BODY_A += [13, 13.5, 13.5, 13.5, 14, 14.5, 15, 15.5, 16.5, 17.5, 19, 20]  # T1-T12
+_BODY_A += [21, 22, 23, 24, 25]  # L1-L5
+_BODY_B = [0, 7.5, 7.5, 7.8, 8, 8, 8.5]
+_BODY_B += [9, 9.5, 10.5, 11.5, 12, 12.5, 13, 13.5, 14, 14.5, 15, 15.5]
+_BODY_B += [16, 16.5, 17, 17, 17]
 # Intervertebral disc height below each level (mm).
 _DISC = {"cervical": 4.5, "thoracic": 5.5, "lumbar": 9.5}
 # Sagittal bend at each level (degrees per level, + = kyphotic): lordosis C2-C7, kyphosis T2-T12, lordosis L1-L5.
@@ -177,6 +181,3 @@ def sample_spine(
         variants={"l6": l6, "t13": t13, "fracture": fracture},
     )
 
-
-def names(labels) -> list[str]:
-    return [VERSE_NAMES[label] for label in labels]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,17 +28,20 @@ def generate_dataset(
     variant_rate: float = 0.1,
     multi_scan_rate: float = 0.2,
     first_id: int | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write `n_cases` phantoms under `out`; returns the image paths. Case i depends only on (seed, i).
 
     `synth.json` at the root records every case's split, visible and partial labels, variants and the
     world-frame (RAS) vertebral-body centroids, so tests can check readers and preprocessing against truth.
+    A non-empty `out` is refused (stale cases would mix in) unless `overwrite` and it is an earlier synth output.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     out = Path(out)
+    _prepare(out, overwrite)
     first = first_id if first_id is not None else (500 if layout == "verse20" else 1)
     plan = plan_cases(layout, n_cases, seed, labeled_fraction, splits or DEFAULT_SPLITS, multi_scan_rate, first)
     paths, record = [], []
@@ -63,3 +67,15 @@ def generate_dataset(
         )
     atomic_write_json(out / RECORD_NAME, {"layout": layout, "seed": seed, "size": size, "cases": record})
     return paths
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose a new folder or overwrite an earlier synth output")
+    if not (out / RECORD_NAME).exists():
+        raise FileExistsError(f"{out} has no {RECORD_NAME}: not a synth output, refusing to delete it")
+    shutil.rmtree(out)

@@ -44,7 +44,3 @@ class Grid:
         return (
             i[..., None] * m[:, 0] + j[..., None] * m[:, 1] + k[..., None] * m[:, 2] + t
         )
-
-    def world_axis_planes(self) -> np.ndarray:
-        """World coordinates of every voxel, (nx, ny, nz, 3), float32 to bound memory on large grids."""
-        return self.world(tuple(slice(0, n) for n in self.shape)).astype(np.float32)

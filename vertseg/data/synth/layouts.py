@@ -57,7 +57,8 @@ def write_case(out: Path, layout: str, case: PlannedCase, phantom: Phantom, rng:
         subject = case.case_id.split("_")[0]
         image = root / "rawdata" / subject / f"{case.case_id}_ct.nii.gz"
         mask = root / "derivatives" / subject / f"{case.case_id}_seg-vert_msk.nii.gz"
-        ctd = root / "derivatives" / subject / f"{case.case_id}_seg-{'subreg' if layout == 'verse20' else 'vb'}_ctd.json"
+        kind = "subreg" if layout == "verse20" else "vb"  # both centroid names occur in the releases
+        ctd = root / "derivatives" / subject / f"{case.case_id}_seg-{kind}_ctd.json"
     elif layout == "verse-legacy":
         root = out / SPLIT_FOLDERS[layout][case.split]
         image, mask, ctd = (root / f"{case.case_id}.nii.gz", root / f"{case.case_id}_seg.nii.gz",
@@ -69,7 +70,8 @@ def write_case(out: Path, layout: str, case: PlannedCase, phantom: Phantom, rng:
     elif layout == "nifti":
         suffix = SPLIT_FOLDERS[layout][case.split]
         image = out / f"images{suffix}" / f"{case.case_id}_0000.nii.gz"
-        mask, ctd = out / f"labels{suffix}" / f"{case.case_id}.nii.gz", out / f"labels{suffix}" / f"{case.case_id}_ctd.json"
+        mask = out / f"labels{suffix}" / f"{case.case_id}.nii.gz"
+        ctd = out / f"labels{suffix}" / f"{case.case_id}_ctd.json"
     else:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     save_nifti(image, phantom.hu, phantom.affine, sform_only=float_mask and layout.startswith("verse"))

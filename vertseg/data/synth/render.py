@@ -42,46 +42,59 @@ def _spine_profile(spine: Spine, z: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def _soft_tissue(spine: Spine, grid: Grid, hu: np.ndarray, rng: np.random.Generator) -> None:
-    """Trunk (neck narrower), subcutaneous fat, lungs beside the thoracic spine, a few organ blobs, the table."""
-    world = grid.world_axis_planes()
-    x, y, z = world[..., 0], world[..., 1], world[..., 2]
-    sx, sy, level = _spine_profile(spine, z)
+    """Trunk (neck narrower), subcutaneous fat, lungs beside the thoracic spine, a few organ blobs, the table.
+
+    Painted slab by slab along the last array axis so memory stays bounded on large grids.
+    """
     levels = [v.label for v in spine.vertebrae]
-    first_thoracic = levels.index(8)
-    neck = np.clip((first_thoracic - 0.5 - level) / 2.0, 0.0, 1.0)  # 1 in the neck, 0 from T1 down
-    rx = spine.thorax[0] * (1 - neck) + 60.0 * spine.scale * neck
-    ry = spine.thorax[1] * (1 - neck) + 55.0 * spine.scale * neck
-    back = 65.0 * spine.scale * (1 - neck) + 50.0 * spine.scale * neck  # body centroid to skin of the back
-    cy = sy - back + ry
-    r = ((x - sx) / rx) ** 2 + ((y - cy) / ry) ** 2
-    inner = ((x - sx) / np.maximum(rx - spine.fat, 5)) ** 2 + ((y - cy) / np.maximum(ry - spine.fat, 5)) ** 2
-    hu[r <= 1.0] = FAT
-    hu[inner <= 1.0] = MUSCLE
-    t_levels = [i for i, v in enumerate(spine.vertebrae) if 8 <= v.label <= 18]
-    if t_levels:
-        top, bottom = spine.vertebrae[t_levels[0]].centre[2], spine.vertebrae[t_levels[-1]].centre[2]
-        half = max((top - bottom) / 2.0, 10.0)
-        mid = (top + bottom) / 2.0
-        for side in (-1.0, 1.0):
-            lung = (
-                ((x - sx - side * 0.5 * rx) / (0.38 * rx)) ** 2
-                + ((y - cy - 0.05 * ry) / (0.7 * ry)) ** 2
-                + ((z - mid) / half) ** 2
-            )
-            hu[(lung <= 1.0) & (inner <= 1.0)] = LUNG
+    z_of_level = np.array([v.centre[2] for v in spine.vertebrae])
+    blobs = []
     for _ in range(int(rng.integers(2, 6))):  # organs / bowel gas / contrast away from the spine
-        centre = np.array([rng.normal(0, 0.4), rng.uniform(0.3, 1.6), rng.uniform(-1, 1)])
-        level_at = rng.uniform(0, len(spine.vertebrae) - 1)
-        vz = np.interp(level_at, np.arange(len(spine.vertebrae)), [v.centre[2] for v in spine.vertebrae])
-        blob = (
-            ((x - sx - centre[0] * rx) / rng.uniform(10, 40)) ** 2
-            + ((y - sy - centre[1] * 40.0) / rng.uniform(10, 30)) ** 2
-            + ((z - vz - centre[2] * 40.0) / rng.uniform(15, 50)) ** 2
-        )
-        hu[(blob <= 1.0) & (inner <= 1.0) & (hu > LUNG)] = rng.choice([-700.0, 20.0, 160.0])
-    table_top = float(np.min(cy - ry)) - 8.0  # flat: the patient lies supine on it
-    table = (y < table_top) & (y > table_top - 8.0) & (np.abs(x - sx) < 1.5 * rx)
-    hu[table] = TABLE
+        offset = np.array([rng.normal(0, 0.4), rng.uniform(0.3, 1.6), rng.uniform(-1, 1)])
+        level_at = rng.uniform(0, len(levels) - 1)
+        radii = np.array([rng.uniform(10, 40), rng.uniform(10, 30), rng.uniform(15, 50)])
+        value = float(rng.choice([-700.0, 20.0, 160.0]))
+        blobs.append((offset, float(np.interp(level_at, np.arange(len(levels)), z_of_level)), radii, value))
+    t_levels = [i for i, v in enumerate(spine.vertebrae) if 8 <= v.label <= 18]
+    first_thoracic = levels.index(8)
+    # flat table: the patient lies supine on it, just behind the most posterior skin of the back
+    table_top = min(float(v.centre[1]) for v in spine.vertebrae) - 65.0 * spine.scale - 8.0
+    step = max(1, 2_000_000 // max(grid.shape[0] * grid.shape[1], 1))
+    for k0 in range(0, grid.shape[2], step):
+        box = (slice(0, grid.shape[0]), slice(0, grid.shape[1]), slice(k0, min(k0 + step, grid.shape[2])))
+        world = grid.world(box).astype(np.float32)
+        x, y, z = world[..., 0], world[..., 1], world[..., 2]
+        sx, sy, level = _spine_profile(spine, z)
+        neck = np.clip((first_thoracic - 0.5 - level) / 2.0, 0.0, 1.0)  # 1 in the neck, 0 from T1 down
+        rx = spine.thorax[0] * (1 - neck) + 60.0 * spine.scale * neck
+        ry = spine.thorax[1] * (1 - neck) + 55.0 * spine.scale * neck
+        back = 65.0 * spine.scale * (1 - neck) + 50.0 * spine.scale * neck  # body centroid to skin of the back
+        cy = sy - back + ry
+        out = hu[box]
+        r = ((x - sx) / rx) ** 2 + ((y - cy) / ry) ** 2
+        inner = ((x - sx) / np.maximum(rx - spine.fat, 5)) ** 2 + ((y - cy) / np.maximum(ry - spine.fat, 5)) ** 2
+        out[r <= 1.0] = FAT
+        inside = inner <= 1.0
+        out[inside] = MUSCLE
+        if t_levels:
+            top, bottom = spine.vertebrae[t_levels[0]].centre[2], spine.vertebrae[t_levels[-1]].centre[2]
+            half, mid = max((top - bottom) / 2.0, 10.0), (top + bottom) / 2.0
+            for side in (-1.0, 1.0):
+                lung = (
+                    ((x - sx - side * 0.5 * rx) / (0.38 * rx)) ** 2
+                    + ((y - cy - 0.05 * ry) / (0.7 * ry)) ** 2
+                    + ((z - mid) / half) ** 2
+                )
+                out[(lung <= 1.0) & inside] = LUNG
+        for offset, vz, radii, value in blobs:
+            blob = (
+                ((x - sx - offset[0] * rx) / radii[0]) ** 2
+                + ((y - sy - offset[1] * 40.0) / radii[1]) ** 2
+                + ((z - vz - offset[2] * 40.0) / radii[2]) ** 2
+            )
+            out[(blob <= 1.0) & inside & (out > LUNG)] = value
+        table = (y < table_top) & (y > table_top - 8.0) & (np.abs(x - sx) < 1.5 * rx)
+        out[table] = TABLE
 
 
 def _local(grid: Grid, box, centre: np.ndarray, frame: np.ndarray) -> np.ndarray:
@@ -147,7 +160,8 @@ def _posterior(p: np.ndarray, v: Vertebra) -> np.ndarray:
         start = (sign * side_u, centre_v, lift)
         end = (sign * (side_u + v.transverse), centre_v + tp_back, lift)
         sdf = np.minimum(sdf, capsule(p, start, end, tp_radius))
-        sdf = np.minimum(sdf, capsule(p, (sign * side_u, centre_v, -0.45 * v.h), (sign * side_u, centre_v, 0.6 * v.h), 4.5))
+        facet = capsule(p, (sign * side_u, centre_v, -0.45 * v.h), (sign * side_u, centre_v, 0.6 * v.h), 4.5)
+        sdf = np.minimum(sdf, facet)
     return sdf
 
 
@@ -194,7 +208,8 @@ def _ribs(v: Vertebra, spine: Spine, grid: Grid, hu: np.ndarray) -> None:
             [centre[0] + sign * rx * taper * np.sin(angles), centre[1] - ry * taper * np.cos(angles), centre[2] - drop],
             axis=1,
         )
-        points = np.vstack([v.centre + v.frame @ np.array([sign * (v.canal[0] + v.arch + v.transverse * 0.7), -(v.b + v.canal[1] + 8.0), 0.1 * v.h]), points])
+        root = np.array([sign * (v.canal[0] + v.arch + v.transverse * 0.7), -(v.b + v.canal[1] + 8.0), 0.1 * v.h])
+        points = np.vstack([v.centre + v.frame @ root, points])  # the rib starts at the transverse process
         for start, end in zip(points[:-1], points[1:]):
             box = grid.aabb(np.minimum(start, end) - radius, np.maximum(start, end) + radius)
             if box is None:

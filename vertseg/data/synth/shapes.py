@@ -11,7 +11,9 @@ def _ellipse_sdf(u: np.ndarray, v: np.ndarray, a: float, b: float, power: float 
     return (r ** (1.0 / power) - 1.0) * min(a, b)
 
 
-def superellipse_cylinder(p: np.ndarray, a: float, b: float, half_h: np.ndarray | float, power: float = 2.5) -> np.ndarray:
+def superellipse_cylinder(
+    p: np.ndarray, a: float, b: float, half_h: np.ndarray | float, power: float = 2.5
+) -> np.ndarray:
     """Cylinder along w with a superelliptic (u, v) cross-section; `half_h` may vary per point."""
     return np.maximum(_ellipse_sdf(p[..., 0], p[..., 1], a, b, power), np.abs(p[..., 2]) - half_h)
 
@@ -22,7 +24,9 @@ def ellipsoid(p: np.ndarray, centre, radii) -> np.ndarray:
     return (np.sqrt(np.einsum("...i,...i->...", q, q)) - 1.0) * float(radii.min())
 
 
-def elliptic_annulus(p: np.ndarray, centre_v: float, inner: tuple[float, float], thickness: float, half_h: float) -> np.ndarray:
+def elliptic_annulus(
+    p: np.ndarray, centre_v: float, inner: tuple[float, float], thickness: float, half_h: float
+) -> np.ndarray:
     """A ring around the w axis through (0, centre_v): between the inner ellipse and one `thickness` larger."""
     u, v = p[..., 0], p[..., 1] - centre_v
     outside_inner = -_ellipse_sdf(u, v, *inner)

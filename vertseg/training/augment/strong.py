@@ -59,7 +59,7 @@ def clahe_slicewise(x: torch.Tensor, clip_limit: float, tiles: int = 8, nbins: i
     ty, tx = math.ceil(height / tiles), math.ceil(width / tiles)
     ny, nx = math.ceil(height / ty), math.ceil(width / tx)
     padded = F.pad(slices, (0, nx * tx - width, 0, ny * ty - height), mode="replicate")[:, 0]
-    bins = (padded.clamp(0, 1) * (nbins - 1)).round().long()
+    bins = (torch.nan_to_num(padded).clamp(0, 1) * (nbins - 1)).round().long()
     count = slices.shape[0]
     tile_bins = bins.view(count, ny, ty, nx, tx).permute(0, 1, 3, 2, 4).reshape(count, ny, nx, ty * tx)
     hist = torch.zeros(count, ny, nx, nbins, device=x.device, dtype=x.dtype)

@@ -1,0 +1,75 @@
+"""`vertseg train`, `vertseg bench train` and `vertseg bench scale`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vertseg.cli.common import ConfigOption, SetOption, config_or_exit, console, fail
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        store: Path = typer.Option(..., "--store", help="Labeled store (STORE.zarr) from `vertseg preprocess`."),
+        unlabeled: Path = typer.Option(None, "--unlabeled", help="Extra store whose cases are used as unlabeled data."),
+        config: Path = ConfigOption,
+        overrides: list[str] = SetOption,
+        gpus: int = typer.Option(None, "--gpus", min=1, help="N GPU workers (DDP over NCCL)."),
+        cpu_workers: int = typer.Option(None, "--cpu-workers", min=0, help="N CPU workers (DDP over gloo); 0 = this process, no Ray."),
+        address: str = typer.Option(None, "--address", help="Ray cluster to join: 'auto' or ray://host:10001."),
+        name: str = typer.Option(None, "--name", help="Run name (default: deterministic from method, config and store)."),
+        mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default sqlite:///RUNS_DIR/mlflow.db; 'none' = off)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run of this name from its latest checkpoint."),
+        out: Path = typer.Option(Path("runs"), "--out", help="Runs directory (checkpoints, MLflow database)."),
+    ) -> None:
+        """Train on a store: single process (--cpu-workers 0) or Ray Train DDP on N GPUs / CPU workers."""
+        if gpus is not None and cpu_workers is not None:
+            raise fail("give either --gpus or --cpu-workers, not both")
+        settings = config_or_exit(config, overrides)
+        for path, flag in ((store, "--store"), (unlabeled, "--unlabeled")):
+            if path is not None and not (path / "manifest.json").exists():
+                raise fail(f"{flag} {path} is not a vertseg store (no manifest.json); run `vertseg preprocess` first")
+        import torch
+
+        from vertseg.distributed.train import RunExistsError, default_run_name, run_training
+        from vertseg.training.checkpoint import CheckpointError
+
+        use_gpu = gpus is not None or (cpu_workers is None and torch.cuda.is_available())
+        workers = gpus if gpus is not None else (cpu_workers if cpu_workers is not None else (torch.cuda.device_count() if use_gpu else 0))
+        run_name = name or default_run_name(settings, store)
+        if workers > 0 and address is not None:
+            import ray
+
+            ray.init(address=address, log_to_driver=True)
+        console.print(f"run [bold]{run_name}[/] -> {out / run_name} ({workers or 'no'} {'GPU' if use_gpu else 'CPU'} workers)", highlight=False)
+        try:
+            result = run_training(settings, store, unlabeled, num_workers=workers, use_gpu=use_gpu, run_name=run_name,
+                                  storage_path=out, mlflow_uri=mlflow_uri, resume=resume)
+        except (RunExistsError, FileNotFoundError, CheckpointError, ValueError) as error:
+            raise fail(str(error)) from None
+        state = "stopped (resume with --resume)" if result.interrupted else "finished"
+        console.print(f"{state} after {result.epochs} epochs; best {result.best_metrics and {k: round(v, 4) for k, v in result.best_metrics.items() if k.startswith('val_')}}; "
+                      f"checkpoint {result.checkpoint_path}; MLflow run {result.mlflow_run_id}", highlight=False)
+
+    @bench_app.command("train")
+    def bench_train(
+        quick: bool = typer.Option(False, "--quick", help="Smaller patches and fewer steps (a minute on a laptop)."),
+        steps: int = typer.Option(None, help="Timed steps per method."),
+    ) -> None:
+        """Step time and peak memory per method relative to fsl; augmentation throughput vs the step rate."""
+        from vertseg.bench.train import run_train_bench
+
+        path = run_train_bench(quick=quick, steps=steps)
+        console.print(f"wrote {path}", highlight=False)
+
+    @bench_app.command("scale")
+    def bench_scale(
+        quick: bool = typer.Option(False, "--quick", help="Tiny model and patches (a few minutes on 2 cores)."),
+    ) -> None:
+        """Samples/s with 1 vs 2 CPU workers, loader patch rate vs consumption, one-GPU throughput when present."""
+        from vertseg.bench.scale import run_scale_bench
+
+        path = run_scale_bench(quick=quick)
+        console.print(f"wrote {path}", highlight=False)
