@@ -57,7 +57,7 @@ def test_stop_then_cli_resume_continues_from_saved_epoch(ray_cluster, store, tmp
     from typer.testing import CliRunner
 
     from vertseg.cli.main import app
-    from vertseg.distributed.train import run_training
+    from vertseg.distributed.train import ray_checkpoints, run_training
     from vertseg.training.checkpoint import load_checkpoint
 
     config = build_config({}, RUN + ["train.schedule.epochs=3"])
@@ -65,7 +65,7 @@ def test_stop_then_cli_resume_continues_from_saved_epoch(ray_cluster, store, tmp
 
     def stop_after_first_checkpoint() -> None:  # what the driver's SIGTERM handler does
         deadline = time.time() + 600
-        while time.time() < deadline and not any(run_dir.glob("checkpoint_*")):
+        while time.time() < deadline and not ray_checkpoints(run_dir):
             time.sleep(0.2)
         (run_dir / ".stop").touch()
 
@@ -74,7 +74,7 @@ def test_stop_then_cli_resume_continues_from_saved_epoch(ray_cluster, store, tmp
     first = run_training(config, store, None, num_workers=2, use_gpu=False, run_name="stopped", storage_path=tmp_path,
                          mlflow_uri="none")
     watcher.join()
-    saved = max(run_dir.glob("checkpoint_*"))
+    saved = ray_checkpoints(run_dir)[-1]
     stopped_at = load_checkpoint(saved / "checkpoint.pt")
     assert 1 <= stopped_at["epoch"] < 3 and first.epochs < 3
 
@@ -84,7 +84,7 @@ def test_stop_then_cli_resume_continues_from_saved_epoch(ray_cluster, store, tmp
     assert refused.exit_code == 2 and "--resume" in refused.output
     resumed = CliRunner().invoke(app, args + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
-    final = load_checkpoint(max(run_dir.glob("checkpoint_*")) / "checkpoint.pt")
+    final = load_checkpoint(ray_checkpoints(run_dir)[-1] / "checkpoint.pt")
     assert final["epoch"] == 3
     iterations = config.train.schedule.iterations_per_epoch
     assert final["step"] == 3 * iterations  # every step ran exactly once across stop and resume

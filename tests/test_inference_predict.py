@@ -101,8 +101,8 @@ def test_predict_phantom_dicom_and_a_broken_case(tmp_path, tiny_predictor, test_
 def test_bone_localisation_finds_the_column_without_labels():
     hu = spine_phantom((60, 128, 128)).astype(np.float32)
     start, stop = bone_box(hu, 1.0, 200.0)
-    # the phantom's vertebral body is centred at y = 79, x = 64 with radius 5; the arch reaches y ~ 94
-    assert start[1] <= 74 and stop[1] >= 90 and start[2] <= 59 and stop[2] >= 69
+    column = np.argwhere((hu == 350) | (hu == 700))  # vertebral bodies and arches of the phantom
+    assert np.all(column.min(axis=0) >= start) and np.all(column.max(axis=0) < stop)
     assert stop[2] - start[2] < 40  # ribs and the body outline (88% of the width) are left out
     assert start[0] == 0 and stop[0] == 60
     assert bone_box(np.full((20, 30, 30), -1000.0, np.float32), 1.0, 200.0) is None

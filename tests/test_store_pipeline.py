@@ -96,12 +96,11 @@ def test_bad_cases_fail_by_name_others_complete_and_rerun_skips(tmp_path, ray_cl
 
 def test_killed_run_resumes_to_identical_store(tmp_path, ray_cluster):
     data = tmp_path / "data"
-    for n in range(6):
-        write_case(data, f"case{n}", ("RAS", "PIR", "LPS")[n % 3], (0.8, 0.8, 1.0), seed=n)
+    for n in range(5):
+        write_case(data, f"case{n}", ("RAS", "PIR", "LPS")[n % 3], (0.9, 0.9, 1.0), seed=n)
     env = {**os.environ, "RAY_ADDRESS": os.environ["RAY_ADDRESS"]}
     reference, resumed = tmp_path / "reference.zarr", tmp_path / "resumed.zarr"
-    subprocess.run([*VERTSEG, "preprocess", str(data), "--out", str(reference), "--workers", "2"], env=env, check=True,
-                   capture_output=True)
+    assert not run_preprocess(discover_cases([data]), reference, DataConfig(), workers=2).failures
     process = subprocess.Popen([*VERTSEG, "preprocess", str(data), "--out", str(resumed), "--workers", "1"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -110,30 +109,38 @@ def test_killed_run_resumes_to_identical_store(tmp_path, ray_cluster):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished = len(list((resumed / "cases").glob("case*/zarr.json")))
-    assert 1 <= finished < 6, "the kill must land mid-run"
+    assert 1 <= finished < 5, "the kill must land mid-run"
     assert not (resumed / "manifest.json").exists()
     result = subprocess.run([*VERTSEG, "preprocess", str(data), "--out", str(resumed), "--workers", "2"], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert f"{6 - finished} written, {finished} unchanged" in " ".join(result.stderr.split())
+    assert f"{5 - finished} written, {finished} unchanged" in " ".join(result.stderr.split())
     assert not list((resumed / "cases").glob(".*"))
     assert _store_content(resumed) == _store_content(reference)
 
 
 def test_cli_inspect_reports_ras_centroids_and_failures(tmp_path, ray_cluster):
+    from typer.testing import CliRunner
+
+    from vertseg.cli.main import app
+
     data = tmp_path / "data"
     truth = write_case(data, "ok", "PIR", (1.2, 1.2, 1.2), tilt_deg=8.0)
+    write_case(data, "broken", "RAS", (2.0, 2.0, 2.0))
+    (data / "broken.nii.gz").write_bytes((data / "broken.nii.gz").read_bytes()[:500])
     store = tmp_path / "s.zarr"
-    env = {**os.environ, "COLUMNS": "200"}
-    assert run_preprocess(discover_cases([data]), store, DataConfig()).count("written") == 1
-    shown = json.loads(subprocess.run([*VERTSEG, "inspect", str(store), "ok", "--json"], env=env, capture_output=True,
-                                      text=True, check=True).stdout)
+    runner = CliRunner()
+    result = runner.invoke(app, ["preprocess", str(data), "--out", str(store)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "1 written, 0 unchanged, 1 failed" in " ".join(result.output.split()) and "broken.nii.gz" in result.output
+    shown = json.loads(runner.invoke(app, ["inspect", str(store), "ok", "--json"]).stdout)
     (case,) = shown["cases"]
-    assert shown["summary"]["cases"] == 1 and case["orientation"]["original"] == "PIR"
+    assert shown["summary"]["cases"] == 1 and shown["summary"]["failures"] == 1
+    assert case["orientation"]["original"] == "PIR"
     for row in case["labels"]:
         assert np.linalg.norm(np.asarray(row["body_centroid_ras"]) - truth["centroids_ras"][row["label"]]) < 1.5
         assert abs(row["volume_ml"] - truth["volume_ml"][row["label"]]) / truth["volume_ml"][row["label"]] < 0.03
-    table = subprocess.run([*VERTSEG, "inspect", str(store)], env=env, capture_output=True, text=True, check=True).stdout
-    assert "L1 L2 L3 L4 L5" in table and "PIR -> RPI" in table
-    missing = subprocess.run([*VERTSEG, "inspect", str(tmp_path)], env=env, capture_output=True, text=True)
-    assert missing.returncode == 2 and "not a vertseg store" in missing.stderr
+    table = runner.invoke(app, ["inspect", str(store)], env={"COLUMNS": "200"}).stdout
+    assert "L1 L2 L3 L4 L5" in table and "PIR -> RPI" in table and "broken" in table
+    missing = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert missing.exit_code == 2 and "not a vertseg store" in " ".join(missing.output.split())

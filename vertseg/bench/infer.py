@@ -12,7 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from vertseg.bench.report import markdown_table, write_section
@@ -39,7 +38,7 @@ def spine_phantom(shape_zyx: tuple[int, int, int]) -> np.ndarray:
     for z in range(z_n):
         plane = np.where(body, 30, -1000).astype(np.int16)
         plane[table] = 300
-        if (z % level) < level - 6:  # vertebra, then an intervertebral disc of 6 mm
+        if (z % level) < level - level // 4:  # vertebra, then an intervertebral disc a quarter as tall
             plane[vert_body] = 350
             plane[arch] = 700
         if (z % 25) < 8 and z < 0.6 * z_n:
@@ -48,8 +47,43 @@ def spine_phantom(shape_zyx: tuple[int, int, int]) -> np.ndarray:
     return hu
 
 
+def ideal_outputs(hu_box: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """What a trained network would output on a phantom box: the column as foreground, one class per vertebra.
+
+    Vertebrae are the runs of column slices between discs; class maps are one-hot at 1/4 resolution.
+    """
+    column = (hu_box == 350) | (hu_box == 700)
+    fg = column.astype(np.float32)
+    in_vertebra = column.any(axis=(1, 2))
+    level = np.cumsum(np.diff(np.concatenate([[0], in_vertebra.astype(np.int8)])) == 1)  # 1, 2, ... per vertebra
+    classes = np.where(column, np.minimum(level, num_classes)[:, None, None], 0)
+    shape = [-(-s // 4) * 4 for s in classes.shape]
+    padded = np.zeros(shape, np.int64)
+    padded[tuple(slice(0, s) for s in classes.shape)] = classes
+    z, y, x = (s // 4 for s in shape)
+    onehot = np.zeros((num_classes + 1, z, y, x), np.float32)
+    blocks = padded.reshape(z, 4, y, 4, x, 4)
+    for k in np.unique(padded):
+        onehot[k] = (blocks == k).mean(axis=(1, 3, 5))
+    return fg, onehot.astype(np.float16)
+
+
+def _ideal_postprocess_seconds(hu_box: np.ndarray, config) -> float:
+    from vertseg.postprocess.assign import labelmap_from_predictions
+
+    fg, maps = ideal_outputs(hu_box, config.model.num_classes)
+    start = time.perf_counter()
+    labels, records = labelmap_from_predictions(fg, maps, (config.data.spacing_mm,) * 3, config)
+    seconds = time.perf_counter() - start
+    if not records:
+        raise RuntimeError("the ideal prediction of the benchmark phantom produced no vertebra")
+    return seconds
+
+
 def _write_phantom(path: Path, hu_zyx: np.ndarray) -> None:
     """NIfTI in RAS-ish LPS terms: the store frame (I, P, R) written as a plain 1 mm image."""
+    import nibabel as nib
+
     affine = np.diag([1.0, -1.0, -1.0, 1.0])  # index (x, y, z) -> RAS: x right, y posterior, z inferior
     nib.save(nib.Nifti1Image(np.ascontiguousarray(hu_zyx.transpose(2, 1, 0)), affine), str(path))
 
@@ -62,14 +96,22 @@ def _time_device(phantom: Path, device: str, base_width: int, out: Path) -> dict
     import torch
 
     from vertseg.config import build_config
-    from vertseg.inference.cases import collect_jobs
+    from vertseg.inference.cases import collect_jobs, load_job
     from vertseg.inference.model_loading import random_model
     from vertseg.inference.predictor import Predictor
     from vertseg.inference.runner import predict_job
 
-    config = build_config({"model": {"base_width": base_width}})
+    # Random weights cannot find a spine, so the timed run localises with the bone heuristic (the box a trained
+    # network gives is about the same); the network's coarse pass is timed on its own below.
+    config = build_config({"model": {"base_width": base_width}, "inference": {"localisation": "bone"}})
     predictor = Predictor(random_model(config), config, device)
     job = collect_jobs([phantom])[0]
+    coarse = Predictor(predictor.model, config.model_copy(
+        update={"inference": config.inference.model_copy(update={"localisation": "network"})}), device)
+    scan = load_job(job, predictor.spacing, tuple(config.data.hu_window))
+    start = time.perf_counter()
+    coarse.localise(scan.image, scan.hu)
+    network_pass = time.perf_counter() - start
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _rss_mb()
@@ -79,9 +121,13 @@ def _time_device(phantom: Path, device: str, base_width: int, out: Path) -> dict
     if record["status"] != "ok":
         raise RuntimeError(f"benchmark case failed on {device}: {record['error']}")
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    return {"device": device, "width": base_width, "wall": wall, "seconds": record["seconds"],
+    box = record["spine_box"]
+    hu_box = scan.hu[tuple(slice(a, b) for a, b in zip(box["start_zyx"], box["stop_zyx"]))]
+    ideal_seconds = _ideal_postprocess_seconds(np.rint(hu_box), config)
+    del scan
+    return {"device": device, "width": base_width, "wall": wall, "ideal_post": ideal_seconds, "seconds": record["seconds"],
             "windows": record["windows"], "box": record["spine_box"], "rss_before": rss_before,
-            "rss_peak": _rss_mb(), "gpu_mb": gpu_mb}
+            "rss_peak": _rss_mb(), "gpu_mb": gpu_mb, "network_pass": network_pass}
 
 
 def run_infer_bench(quick: bool, device: str, base_width: int | None, bench_file: Path) -> Path:
@@ -112,7 +158,8 @@ def run_infer_bench(quick: bool, device: str, base_width: int | None, bench_file
     body = "\n".join([
         f"Phantom {shape[2]}x{shape[1]}x{shape[0]} voxels at 1 mm (NIfTI, int16), random-weight network with the "
         f"default architecture (Mamba bottleneck) at the width shown, patch 128x64x64, overlap 0.5, no TTA. "
-        f"Spine box ({box['method']} localisation): {box['start_zyx']} to {box['stop_zyx']} (z, y, x).",
+        f"Spine box ({box['method']} localisation): {box['start_zyx']} to {box['stop_zyx']} (z, y, x) of the "
+        f"{shape[0]}x{shape[1]}x{shape[2]} store-frame volume.",
         "",
         markdown_table(
             ["device", "width", "windows", "total s", "load", "localisation", "sliding window", "post-processing",
@@ -123,7 +170,89 @@ def run_infer_bench(quick: bool, device: str, base_width: int | None, bench_file
                     for r in results) + " (target: under 5%).",
         *([f"CUDA is {results[0]['seconds']['total'] / results[1]['seconds']['total']:.1f}x faster per case than CPU "
            f"(different widths: {results[0]['width']} vs {results[1]['width']})."] if len(results) == 2 else []),
+        "A random network marks about half the box as foreground, far more than a trained one, which inflates "
+        "post-processing; on the phantom's true column (the output of a perfect network) the same post-processing "
+        "takes " + ", ".join(f"{r['ideal_post']:.2f} s = {100 * r['ideal_post'] / r['seconds']['total']:.1f}% of the "
+                             f"total on {r['device']}" for r in results) + ".",
+        "The timed runs localise with the bone heuristic (random weights find no spine); the network's coarse "
+        "localisation pass (non-overlapping windows at 2 mm) costs "
+        + ", ".join(f"{r['network_pass']:.2f} s on {r['device']}" for r in results) + ".",
         "Peak RSS is the whole process (ru_maxrss), peak CUDA memory is torch.cuda.max_memory_allocated.",
     ])
     command = "vertseg bench infer" + (" --quick" if quick else "") + (f" --device {device}" if device != "auto" else "")
     return write_section("infer", "Inference: seconds per case", command, body, bench_file)
+
+
+def _network_steps(device: str, base_width: int, shape: tuple[int, int, int]) -> dict:
+    """Localisation, sliding window and post-processing on a phantom already in the store frame (no file I/O)."""
+    import torch
+
+    from vertseg.config import build_config
+    from vertseg.inference.model_loading import random_model
+    from vertseg.inference.predictor import Predictor
+    from vertseg.postprocess.assign import labelmap_from_predictions
+
+    config = build_config({"model": {"base_width": base_width}, "inference": {"localisation": "bone"}})
+    network_config = config.model_copy(
+        update={"inference": config.inference.model_copy(update={"localisation": "network"})})
+    model = random_model(config)
+    predictor, coarse = Predictor(model, config, device), Predictor(model, network_config, device)
+    hu = spine_phantom(shape).astype(np.float32)
+    low, high = config.data.hu_window
+    image = np.clip((hu - low) / (high - low), 0.0, 1.0)
+    with torch.inference_mode():  # warm-up: CUDA context, cuDNN algorithm choice
+        predictor.net(torch.zeros((1, 1, *config.data.patch_size), device=predictor.device))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = {}
+    start = time.perf_counter()
+    box = predictor.localise(image, hu)
+    times["bone localisation"] = time.perf_counter() - start
+    start = time.perf_counter()
+    coarse.localise(image, hu)
+    times["network localisation pass"] = time.perf_counter() - start
+    start = time.perf_counter()
+    window = predictor.predict_box(image, box)
+    times["sliding window"] = time.perf_counter() - start
+    start = time.perf_counter()
+    labelmap_from_predictions(window.fg_prob, window.id_prob, (predictor.spacing,) * 3, config)
+    times["post-processing (store frame)"] = time.perf_counter() - start
+    times["post-processing, ideal prediction"] = _ideal_postprocess_seconds(hu[box.slices], config)
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return {"device": device, "width": base_width, "windows": window.windows, "box": box.to_dict(), "times": times,
+            "gpu_mb": gpu_mb, "rss_peak": _rss_mb()}
+
+
+def run_network_bench(quick: bool, device: str, base_width: int | None, bench_file: Path) -> Path:
+    """The network-side steps only, on every available device: runs where no image I/O library is installed."""
+    import torch
+
+    shape = QUICK_SHAPE if quick else FULL_SHAPE
+    devices = {"cpu": ["cpu"], "cuda": ["cuda"]}.get(device, ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    results = [_network_steps(dev, base_width or (16 if dev == "cuda" else 8), shape) for dev in devices]
+    names = list(results[0]["times"])
+    rows = [[r["device"], r["width"], r["windows"]] + [f"{r['times'][n]:.2f}" for n in names]
+            + [f"{100 * r['times'][post] / (r['times']['bone localisation'] + r['times']['sliding window'] + r['times'][post]):.1f}%"
+               for post in ("post-processing (store frame)", "post-processing, ideal prediction")]
+            + [
+               f"{r['rss_peak']:.0f}", "-" if r["gpu_mb"] is None else f"{r['gpu_mb']:.0f}"]
+            for r in results]
+    box = results[0]["box"]
+    lines = [
+        f"Phantom {shape[2]}x{shape[1]}x{shape[0]} at 1 mm generated directly in the store frame (no file I/O), "
+        f"random-weight default network (Mamba bottleneck) at the width shown, patch 128x64x64, overlap 0.5, no TTA; "
+        f"bone-heuristic box {box['start_zyx']} to {box['stop_zyx']}. Seconds per step:",
+        "",
+        markdown_table(["device", "width", "windows", *names, "post share (random)", "post share (ideal)", "peak RSS MB",
+                        "peak CUDA MB"], rows),
+        "",
+        "Post share = post-processing / (bone localisation + sliding window + post-processing). The random network "
+        "marks about half the box as foreground; the ideal prediction is the phantom's true column with one-hot "
+        "class maps, the workload of a trained network.",
+    ]
+    if len(results) == 2:
+        cpu, gpu = (r["times"]["sliding window"] for r in results)
+        lines.append(f"Sliding window: CUDA {cpu / gpu:.0f}x faster than this machine's CPU (widths "
+                     f"{results[0]['width']} vs {results[1]['width']}).")
+    command = "vertseg bench infer --network-only" + (" --quick" if quick else "")
+    return write_section("infer-network", "Inference: network steps per device", command, "\n".join(lines), bench_file)

@@ -96,7 +96,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if not rows:
             console.print("no vertseg jobs")
             return
-        table = Table("job", "name", "state", "elapsed", "nodes", "reason", "log")
+        table = Table("job", "name", "state", "elapsed", "nodes", "reason")
+        table.add_column("log", overflow="fold")
         for job in rows:
             table.add_row(job.job_id, job.name, job.state, job.elapsed, job.nodes, job.reason, job.log)
         Console(soft_wrap=True).print(table)

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "config",
     "synth",
     "data",
+    "model",
     "train",
     "predict",
     "evaluate",

@@ -127,9 +127,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda; auto also times CUDA when present."),
         base_width: int = typer.Option(None, help="Network width (default: 8 on CPU, the paper's 16 on CUDA)."),
         out: Path = typer.Option(Path("docs/benchmarks.md"), help="Benchmarks file to update."),
+        network_only: bool = typer.Option(
+            False, "--network-only", help="Only localisation, sliding window and post-processing on an in-memory phantom."
+        ),
     ) -> None:
         """Seconds per case for a 512x512x300 phantom at 1 mm, split load / localisation / sliding window /
         post-processing / writing, and peak memory; writes the `infer` section of docs/benchmarks.md."""
-        from vertseg.bench.infer import run_infer_bench
+        from vertseg.bench.infer import run_infer_bench, run_network_bench
 
-        run_infer_bench(quick=quick, device=device, base_width=base_width, bench_file=out)
+        run = run_network_bench if network_only else run_infer_bench
+        run(quick=quick, device=device, base_width=base_width, bench_file=out)

@@ -18,7 +18,7 @@ class DataConfig(BaseModel):
     chunk_size: tuple[int, int, int] = (64, 32, 32)  # store inner chunks; tuned by `vertseg bench data`
     shard_size: tuple[int, int, int] = (128, 128, 128)  # chunks grouped per file (Zarr v3 sharding)
     codec: Literal["lz4hc", "lz4", "zstd", "none"] = "lz4hc"  # blosc codec of the store, tuned by `vertseg bench data`
-    codec_level: int = Field(8, ge=0, le=22)
+    codec_level: int = Field(5, ge=0, le=22)
     foreground_oversample: float = Field(0.67, ge=0, le=1)
     protocol: Literal["c1_l5", "extended"] = "c1_l5"  # section 2.3: C1-L5 reporting protocol (24 classes)
     transitional_policy: TransitionalPolicy = TransitionalPolicy.merge

@@ -70,17 +70,23 @@ def run_preprocess(
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(preprocess_case)
         limit = max(1, workers or int(ray.available_resources().get("CPU", 1)))
-        pending: list[Any] = []
+        pending: dict[Any, CaseSource] = {}
         queue = list(sources)
         summary = PreprocessSummary()
         while queue or pending:
             while queue and len(pending) < limit:
-                pending.append(task.remote(queue.pop(0), config, str(root), pool, overwrite))
-            done, pending = ray.wait(pending, num_returns=1)
-            for result in ray.get(done):
-                summary.results.append(result)
-                if on_result is not None:
-                    on_result(result)
+                source = queue.pop(0)
+                pending[task.remote(source, config, str(root), pool, overwrite)] = source
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            source = pending.pop(done)
+            try:
+                result = ray.get(done)
+            except ray.exceptions.RayError as error:  # worker killed (e.g. out of memory) twice: record, go on
+                result = {"case_id": source.case_id, "status": "failed", "file": str(source.image),
+                          "problem": f"worker failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            summary.results.append(result)
+            if on_result is not None:
+                on_result(result)
     finally:
         if started:
             ray.shutdown()

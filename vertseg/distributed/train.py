@@ -32,6 +32,7 @@ class TrainingResult:
     run_dir: Path
     epochs: int
     interrupted: bool = False
+    metrics: dict[str, float] | None = None  # the last epoch's reported metrics
 
 
 def default_run_name(config: VertsegConfig, store: Path) -> str:
@@ -40,8 +41,13 @@ def default_run_name(config: VertsegConfig, store: Path) -> str:
     return f"{config.train.method}-{digest}"
 
 
+def ray_checkpoints(run_dir: Path) -> list[Path]:
+    """Ray Train's checkpoint folders of a run, oldest first (their names carry the report time)."""
+    return sorted(p for p in Path(run_dir).glob("checkpoint_*") if (p / "checkpoint.pt").is_file())
+
+
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any(run_dir.glob("checkpoint_*")) or (run_dir / "checkpoints" / "latest.pt").exists()
+    return bool(ray_checkpoints(run_dir)) or (run_dir / "checkpoints" / "latest.pt").exists()
 
 
 class _TermToStopFile:
@@ -148,7 +154,7 @@ def _result(run_dir: Path, latest: str | None, last_metrics: dict[str, Any] | No
     run_id = json.loads(mlflow_file.read_text())["run_id"] if mlflow_file.exists() else None
     checkpoint = best_file if best_file.exists() else (Path(latest) / "checkpoint.pt" if latest else None)
     epochs = int((last_metrics or {}).get("epoch", 0))
-    return TrainingResult(best, checkpoint, run_id, run_dir, epochs, interrupted)
+    return TrainingResult(best, checkpoint, run_id, run_dir, epochs, interrupted, dict(last_metrics or {}))
 
 
 def _run_local(config, store, unlabeled, run_name, run_dir, uri, artifacts, parent, resume) -> TrainingResult:
@@ -170,4 +176,4 @@ def _run_local(config, store, unlabeled, run_name, run_dir, uri, artifacts, pare
         tracker.log_artifact(outcome["best_checkpoint"], "best")
         tracker.finish("KILLED" if outcome["interrupted"] else "FINISHED")
     return TrainingResult(outcome["best"], outcome["best_checkpoint"], tracker.run_id if tracker else None, run_dir,
-                          outcome["epochs"], outcome["interrupted"])
+                          outcome["epochs"], outcome["interrupted"], outcome["last"])

@@ -103,6 +103,8 @@ def train_worker(loop: dict[str, Any]) -> None:
         if trainer.teacher is not None and (result.epoch % config.train.teacher_check_every == 0 or trainer.finished):
             metrics.update(check_teacher(trainer))
         metrics.update(epoch=float(result.epoch), step=float(trainer.step), world_size=float(world))
+        if device.type == "cuda":
+            metrics["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         is_best = result.validated and is_better(metrics, best)
         if is_best:
             best = {**metrics}

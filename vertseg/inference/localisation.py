@@ -5,9 +5,9 @@ Two detectors, both on a coarse copy of the store-frame volume (axes z, y, x = I
 - `network`: the segmentation head run by non-overlapping windows at `localisation_spacing_mm`; the box of
   the foreground components that survive dust removal.
 - `bone`: a CT heuristic used when the network finds nothing (e.g. untrained weights). Inside the body (the
-  largest component above -300 HU, which drops the table) bone is thresholded; per 32 mm slab the spine is the
-  bone column seen in most slices of the slab, near the body's left-right midline (ribs and the pelvis are
-  oblique or lateral, the sternum thinner). The union of the slab columns is the box.
+  largest component above -300 HU, which drops the table) bone is thresholded; the spine is the largest
+  near-midline region that is bone in most slices of the scan (ribs, sternum and pelvis are oblique, short or
+  lateral), extended by the bone columns of each 32 mm slab that touch it, so a curved spine stays inside.
 
 Neither reads a label; every box gets `localisation_margin_mm` of margin and is clipped to the volume.
 """
@@ -23,6 +23,7 @@ BODY_HU = -300.0
 SLAB_MM = 32.0
 COLUMN_FRACTION = 0.5  # a spine pixel is bone in at least half the slices of its slab
 MIDLINE_TOLERANCE_MM = 40.0
+NEIGHBOUR_MM = 10.0  # slab columns within this distance of the whole-scan column belong to the spine
 
 
 @dataclass(frozen=True)
@@ -109,37 +110,51 @@ def foreground_box(fg_prob: np.ndarray, threshold: float, min_voxels: int) -> tu
 
 
 def bone_box(hu: np.ndarray, spacing_mm: float, threshold_hu: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """The spine box from a (coarse) HU volume in the store frame, without labels; None when no column is found."""
+    """The spine box from a (coarse) HU volume in the store frame, without labels; None when no column is found.
+
+    The column is first found over the whole scan (ribs, sternum and pelvis are bone in a minority of slices at
+    any one place); per 32 mm slab, bone columns touching it are then added, which follows a curved spine.
+    """
     body = cc3d.largest_k(hu > BODY_HU, k=1, connectivity=6) > 0
     if not body.any():
         return None
     bone = (hu > threshold_hu) & body
+    present = np.flatnonzero(bone.any(axis=(1, 2)))
+    if present.size == 0:
+        return None
+    bone = bone[present[0] : present[-1] + 1]
     body_x = np.flatnonzero(body.any(axis=(0, 1)))
     midline = (body_x[0] + body_x[-1]) / 2
+    tolerance = MIDLINE_TOLERANCE_MM / spacing_mm
+    core = _columns(bone.mean(axis=0), midline, tolerance, None)
+    if core is None:
+        return None
+    reach = int(np.ceil(NEIGHBOUR_MM / spacing_mm))
+    near = (np.maximum(core[0] - reach, 0), core[1] + reach)
+    lo, hi = core[0].copy(), core[1].copy()
     slab = max(1, int(round(SLAB_MM / spacing_mm)))
-    lo, hi = None, None
-    for first in range(0, hu.shape[0], slab):
-        column = _slab_column(bone[first : first + slab], midline, MIDLINE_TOLERANCE_MM / spacing_mm)
-        if column is None:
-            continue
-        (y0, x0), (y1, x1) = column
-        box_lo = np.array([first, y0, x0])
-        box_hi = np.array([min(first + slab, hu.shape[0]), y1, x1])
-        lo = box_lo if lo is None else np.minimum(lo, box_lo)
-        hi = box_hi if hi is None else np.maximum(hi, box_hi)
-    return None if lo is None else (lo, hi)
+    for first in range(0, bone.shape[0], slab):
+        found = _columns(bone[first : first + slab].mean(axis=0), midline, tolerance, near)
+        if found is not None:
+            lo, hi = np.minimum(lo, found[0]), np.maximum(hi, found[1])
+    return np.array([present[0], *lo]), np.array([present[-1] + 1, *hi])
 
 
-def _slab_column(bone_slab: np.ndarray, midline: float, tolerance: float):
-    """(y, x) box of the bone column of one slab: the largest near-midline region that is bone in most slices."""
-    fraction = bone_slab.mean(axis=0)
+def _columns(fraction: np.ndarray, midline: float, tolerance: float, near) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y, x) box of bone columns in a map of per-pixel bone fractions.
+
+    Without `near`: the largest near-midline region that is bone in most slices. With `near` ((y0, x0), (y1, x1)):
+    every such region that overlaps that box.
+    """
     regions, n = cc3d.connected_components(fraction >= COLUMN_FRACTION, connectivity=8, return_N=True)
     if n == 0:
         return None
-    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
-    xs = np.bincount(regions.ravel(), weights=np.indices(regions.shape)[1].ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
-    sizes = np.where(np.abs(xs - midline) <= tolerance, sizes, 0)
-    if sizes.max() == 0:
-        return None
-    bounds = mask_bounds(regions == int(np.argmax(sizes)) + 1)
-    return tuple(bounds[0]), tuple(bounds[1])
+    flat = regions.ravel()
+    sizes = np.bincount(flat, minlength=n + 1)[1:]
+    xs = np.bincount(flat, weights=np.indices(regions.shape)[1].ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
+    if near is None:
+        sizes = np.where(np.abs(xs - midline) <= tolerance, sizes, 0)
+        return None if sizes.max() == 0 else mask_bounds(regions == int(np.argmax(sizes)) + 1)
+    window = regions[near[0][0] : near[1][0], near[0][1] : near[1][1]]
+    touching = np.setdiff1d(np.unique(window), [0])
+    return None if touching.size == 0 else mask_bounds(np.isin(regions, touching))

@@ -32,6 +32,11 @@ def fused_mamba_inner():
     return mamba_inner_fn
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """SSM parameters stay in float32 under half-precision weights, as in mamba_ssm, but keep float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class Mamba(nn.Module):
     """A Mamba mixer over (B, L, d_model) sequences; parameters identical to `mamba_ssm.Mamba`."""
 
@@ -74,7 +79,7 @@ class Mamba(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         length = hidden.shape[1]
         xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(_at_least_float32(self.A_log))
         fused = fused_mamba_inner() if self.use_fast_path and hidden.is_cuda else None
         if fused is not None:
             return fused(
@@ -87,8 +92,8 @@ class Mamba(nn.Module):
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         y = selective_scan(
-            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), _at_least_float32(self.D), z=z,
+            delta_bias=_at_least_float32(self.dt_proj.bias), delta_softplus=True,
         )
         return self.out_proj(y.transpose(1, 2).to(hidden.dtype))
 

@@ -60,66 +60,70 @@ def _signed_log(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.log(x.clamp_min(tiny)), torch.log((-x).clamp_min(tiny))
 
 
-def _scan_states(u, delta, A, B, C, h0, chunk):
-    """y_t = <C_t, h_t> for one segment (inputs prepared, L a multiple of `chunk`), and the segment's last state."""
-    batch, dim, length = u.shape
-    n_state = A.shape[1]
-    n_chunks = length // chunk
-    # every tensor below is (batch, n_chunks, chunk, dim, n_state) or a slice of it
-    delta_c = delta.reshape(batch, dim, n_chunks, chunk).permute(0, 2, 3, 1)
-    u_c = u.reshape(batch, dim, n_chunks, chunk).permute(0, 2, 3, 1)
-    B_c = B.reshape(batch, n_state, n_chunks, chunk).permute(0, 2, 3, 1)
-    C_c = C.reshape(batch, n_state, n_chunks, chunk).permute(0, 2, 3, 1)
-    log_decay = torch.cumsum(delta_c[..., None] * A, dim=2)
-    log_pos, log_neg = _signed_log((delta_c * u_c)[..., None] * B_c[:, :, :, None, :])
+def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk: int) -> torch.Tensor:
+    """All states of h_t = exp(log_a_t) * h_{t-1} + b_t along dim 1 of (batch, L, ...) tensors, without a token loop.
+
+    Inside each chunk, with S_t the cumulative sum of log_a (<= 0 for a decaying scan), the state from a zero start
+    is sum_{s<=t} exp(S_t - S_s) b_s, evaluated as exp(S_t + logcumsumexp(log b_s - S_s)) with the positive and
+    negative parts of b kept apart, so nothing overflows; short chunks keep |S| small, so nothing loses precision.
+    The chunk ends form the same recurrence one level up (solved recursively, in float64: it is `chunk` times
+    smaller and its log-decay sums are longer), and each token then adds exp(S_t) times its chunk's start state.
+    """
+    length = log_a.shape[1]
+    width = min(chunk, length)
+    pad = (-length) % width
+    if pad:  # log_a = 0 and b = 0: padded steps keep the state, and are cut off below
+        log_a = torch.cat([log_a, log_a.new_zeros(log_a.shape[0], pad, *log_a.shape[2:])], dim=1)
+        b = torch.cat([b, b.new_zeros(b.shape[0], pad, *b.shape[2:])], dim=1)
+    shape = (b.shape[0], (length + pad) // width, width, *b.shape[2:])
+    log_decay = torch.cumsum(log_a.reshape(shape), dim=2)
+    log_pos, log_neg = _signed_log(b.reshape(shape))
     intra = torch.exp(log_decay + torch.logcumsumexp(log_pos - log_decay, dim=2)) - torch.exp(
         log_decay + torch.logcumsumexp(log_neg - log_decay, dim=2)
     )
-    chunk_decay = torch.exp(log_decay[:, :, -1])
-    carried = [h0]
-    for c in range(n_chunks):
-        carried.append(chunk_decay[:, c] * carried[-1] + intra[:, c, -1])
-    start = torch.stack(carried[:-1], dim=1)
+    if shape[1] == 1:
+        start = h0[:, None]
+    else:
+        ends = linear_recurrence(log_decay[:, :, -1].double(), intra[:, :, -1].double(), h0.double(), chunk)
+        start = torch.cat([h0[:, None], ends[:, :-1].to(h0.dtype)], dim=1)
     states = intra + torch.exp(log_decay) * start[:, :, None]
-    y = torch.einsum("bctdn,bctn->bdct", states, C_c).reshape(batch, dim, length)
-    return y, carried[-1]
+    return states.reshape(b.shape[0], length + pad, *b.shape[2:])[:, :length]
+
+
+def _scan_states(u, delta, A, B, C, h0, chunk):
+    """y_t = <C_t, h_t> for one segment of prepared inputs, and the segment's last state."""
+    log_a = (delta[..., None] * A[:, None]).transpose(1, 2)  # (batch, L, dim, n_state)
+    b = ((delta * u)[:, :, None] * B[:, None]).permute(0, 3, 1, 2)
+    states = linear_recurrence(log_a, b, h0, chunk)
+    return torch.einsum("bldn,bnl->bdl", states, C), states[:, -1]
 
 
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     chunk: int = DEFAULT_CHUNK, segment_elements: int = SEGMENT_ELEMENTS,
 ):
-    """Vectorised selective scan: exact in-chunk sums via log-decay cumsums, then a short loop over chunks.
+    """Vectorised selective scan (`linear_recurrence` over the (d_inner, d_state) states), then y_t = <C_t, h_t>.
 
-    Inside a chunk, with S_t the cumulative sum of delta*A (<= 0), the state from a zero start is
-    h_t = sum_{s<=t} exp(S_t - S_s) b_s; it is evaluated as exp(S_t + logcumsumexp(log b_s - S_s)) with the
-    positive and negative parts of b kept apart, which never overflows. Chunk ends are then chained,
-    H_c = exp(S_end) H_{c-1} + h_end, in L/chunk steps, and each token adds exp(S_t) H_{c-1}.
     Long sequences are cut into segments of about `segment_elements` state entries, run one after the other
     (recomputed in backward via checkpointing), so memory stays bounded at full-resolution placements.
     Runs in at least float32; autocast is disabled here because the recurrence is unstable in fp16/bf16.
     """
     out_dtype = u.dtype
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    device_type = u.device.type if torch.amp.is_autocast_available(u.device.type) else "cpu"  # e.g. meta
+    with torch.autocast(device_type=device_type, enabled=False):
         u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
         batch, dim, length = u.shape
-        chunk = max(1, min(chunk, length))
-        pad = (-length) % chunk
-        if pad:  # zero delta and input on padded tokens: they leave the states unchanged and are cut off below
-            u_p, delta_p, B_p, C_p = (F.pad(t, (0, pad)) for t in (u, delta, B, C))
-        else:
-            u_p, delta_p, B_p, C_p = u, delta, B, C
         per_token = batch * dim * A.shape[1]
-        segment = max(chunk, segment_elements // per_token // chunk * chunk)
+        segment = max(chunk, segment_elements // per_token)
         state = u.new_zeros(batch, dim, A.shape[1])
+        checkpointed = torch.is_grad_enabled() and length > segment
         outputs = []
-        checkpointed = torch.is_grad_enabled() and length + pad > segment
-        for begin in range(0, length + pad, segment):
-            part = [t[..., begin : begin + segment] for t in (u_p, delta_p, B_p, C_p)]
+        for begin in range(0, length, segment):
+            part = [t[..., begin : begin + segment] for t in (u, delta, B, C)]
             if checkpointed:
                 y, state = checkpoint(_scan_states, part[0], part[1], A, part[2], part[3], state, chunk, use_reentrant=False)
             else:
                 y, state = _scan_states(part[0], part[1], A, part[2], part[3], state, chunk)
             outputs.append(y)
-        y = torch.cat(outputs, dim=-1)[..., :length]
+        y = torch.cat(outputs, dim=-1)
         return _finish(y, u, D, z, out_dtype)

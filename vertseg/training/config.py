@@ -122,6 +122,8 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = AugmentConfig()
     methods: MethodConfig = MethodConfig()
     amp: bool = True  # bf16 autocast on CUDA only; the CPU path stays float32
+    channels_last: bool = False  # CUDA only: channels-last-3d memory format for the student(s) and teacher
+    compile: bool = False  # CUDA only: torch.compile the student network(s) in place (state_dict keys unchanged)
     max_nonfinite_steps: int = Field(10, ge=0)  # consecutive skipped non-finite steps before the run stops
     max_failures: int = Field(3, ge=-1)  # Ray Train worker-group restarts from the latest checkpoint (-1 = unlimited)
     teacher_check_every: int = Field(1, ge=1)  # epochs between cross-rank EMA-teacher checksums

@@ -105,7 +105,7 @@ def train_local(
     finally:
         stop.uninstall()
     return {"best": best, "best_checkpoint": best_path if best_path.exists() else latest, "epochs": trainer.epoch,
-            "interrupted": stop()}
+            "interrupted": stop(), "last": history[-1] if history else None}
 
 
 def epoch_line(result: EpochResult, epochs: int, is_best: bool) -> str:

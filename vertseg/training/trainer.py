@@ -64,8 +64,13 @@ class Trainer:
             torch.manual_seed(config.train.seed + i)  # same init on every rank; CPS students differ from each other
             members.append(build_model(config.model))
         self.bundle = StudentBundle(members, config.train.methods.unimatch_feature_dropout).to(self.device)
+        if self.device.type == "cuda" and config.train.channels_last:
+            self.bundle.to(memory_format=torch.channels_last_3d)
         self.student = wrap(self.bundle) if wrap is not None else self.bundle
         self.teacher = EMATeacher(self.bundle.members[0], config.train.schedule.ema_decay) if self.method.uses_teacher else None
+        if self.device.type == "cuda" and config.train.compile:
+            for member in self.bundle.members:
+                member.compile()
         optim = config.train.optim
         self.optimizer = torch.optim.SGD(
             self.bundle.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay

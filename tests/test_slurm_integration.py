@@ -1,0 +1,154 @@
+"""`vertseg submit` against a real one-node Slurm (munged + slurmctld + slurmd from slurm/local-slurm.sh).
+
+Each job brings up its own Ray cluster from the sbatch template (that is what is under test), runs the command
+and stops Ray; the session `ray_cluster` is not involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vertseg.launch import slurm
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SLURM = REPO / "slurm" / "local-slurm.sh"
+VERTSEG = [sys.executable, "-m", "vertseg"]
+TINY = ["data.spacing_mm=4.0", "data.chunk_size=[32,32,32]", "data.patch_size=[32,16,16]", "model.base_width=4",
+        "train.schedule.e_cons=0", "train.schedule.e_ramp=1", "train.validate_every=1", "train.loader_workers=0"]
+JOB_TIMEOUT_S = 420
+
+
+def sets(items: list[str]) -> list[str]:
+    return [word for item in items for word in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def local_slurm(tmp_path_factory):
+    """A real Slurm for this module; the daemons are stopped by their recorded PIDs afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm needs root (it starts munged, slurmctld and slurmd)")
+    state = tmp_path_factory.mktemp("slurm")
+    try:
+        subprocess.run([str(LOCAL_SLURM), "start", str(state)], check=True, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=300)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        message = f"local Slurm did not start: {error}\n{getattr(error, 'stderr', '')}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", str(state / "slurm.conf"))
+        patch.setenv("VERTSEG_STATE_DIR", str(state / "vertseg"))
+        patch.delenv("RAY_ADDRESS", raising=False)
+        yield state
+        subprocess.run([str(LOCAL_SLURM), "stop", str(state)], check=True, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=120)
+    for daemon in ("munged", "slurmctld", "slurmd"):
+        assert not (state / "run" / f"{daemon}.pid").exists()
+
+
+@pytest.fixture(scope="module")
+def workspace(local_slurm, tmp_path_factory) -> Path:
+    """Phantom scans, preprocessed into a store by a Slurm job (the first half of the pipeline under Slurm)."""
+    root = tmp_path_factory.mktemp("work")
+    subprocess.run([*VERTSEG, "synth", str(root / "scans"), "--cases", "4", "--layout", "verse20", "--seed", "0"],
+                   check=True, capture_output=True, timeout=300)
+    job = submit(root, "vs-pre", ["preprocess", "scans", "--out", "store.zarr", "--workers", "1", *sets(TINY[:3])])
+    assert wait(job) == "COMPLETED", log_of(job)
+    manifest = json.loads((root / "store.zarr" / "manifest.json").read_text())
+    assert len(manifest["cases"]) == 4
+    assert_clean_teardown(job)
+    return root
+
+
+def submit(cwd: Path, name: str, command: list[str]) -> str:
+    done = subprocess.run([*VERTSEG, "submit", "--cpus-per-task", "2", "--job-name", name, "--log-dir", "logs",
+                           "--node-wait", "180", "--", *command], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[2]
+    assert f"log:    {cwd / 'logs' / f'{name}-{job_id}.out'}" in done.stdout
+    return job_id
+
+
+def wait(job_id: str, timeout_s: float = JOB_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = slurm.job_state(job_id)
+        if state not in slurm.ACTIVE_STATES:
+            return state
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} still {state} after {timeout_s} s:\n{log_of(job_id)[-3000:]}")
+
+
+def log_of(job_id: str) -> str:
+    path = slurm.log_file(job_id)
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def assert_clean_teardown(job_id: str) -> None:
+    text = log_of(job_id)
+    assert "all 1 node(s) joined" in text and "stopping Ray" in text
+    assert not Path(f"/tmp/ray_{job_id}").exists()
+    leftovers = subprocess.run(["pgrep", "-f", f"/tmp/ray_{job_id}"], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
+
+
+def test_train_job_finishes_with_checkpoints_and_an_mlflow_run(workspace):
+    import mlflow
+    import torch
+
+    job = submit(workspace, "vs-train", ["train", "--store", "store.zarr", "--cpu-workers", "1", "--out", "runs",
+                                         *sets(TINY + ["train.schedule.epochs=2", "train.schedule.iterations_per_epoch=2"])])
+    assert wait(job) == "COMPLETED", log_of(job)
+    run_dir = workspace / "runs" / "vs-train"  # the job name is the run name
+    state = torch.load(run_dir / "best" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'runs' / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FINISHED" and "val_dice" in run.data.metrics
+    assert "--address auto" in log_of(job) and "finished after 2 epochs" in log_of(job)
+    assert_clean_teardown(job)
+
+    listing = subprocess.run([*VERTSEG, "jobs"], capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = {line.split("│")[1].strip(): line for line in listing.splitlines() if line.count("│") > 5}
+    assert "COMPLETED" in rows[job] and "vs-train" in rows[job]
+    shown = subprocess.run([*VERTSEG, "logs", job], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert shown == log_of(job)
+
+
+def test_scancel_of_a_running_training_leaves_a_checkpoint_it_resumes_from(workspace):
+    import torch
+
+    run_dir = workspace / "runs" / "vs-cancel"
+    long_run = TINY + ["train.schedule.epochs=40", "train.schedule.iterations_per_epoch=4"]
+    job = submit(workspace, "vs-cancel", ["train", "--store", "store.zarr", "--cpu-workers", "1", "--out", "runs",
+                                          *sets(long_run)])
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not list(run_dir.glob("checkpoint_*/checkpoint.pt")):
+        assert time.monotonic() < deadline and slurm.job_state(job) in slurm.ACTIVE_STATES, log_of(job)
+        time.sleep(1)
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    assert wait(job, 120) == "CANCELLED"
+    assert not Path(f"/tmp/ray_{job}").exists()
+
+    epochs = {int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+              for path in run_dir.glob("checkpoint_*/checkpoint.pt")}
+    assert epochs and min(epochs) >= 1 and max(epochs) < 40
+
+    again = submit(workspace, "vs-cancel", ["train", "--store", "store.zarr", "--cpu-workers", "1", "--out", "runs",
+                                            "--resume", *sets(TINY + [f"train.schedule.epochs={max(epochs) + 1}",
+                                                                      "train.schedule.iterations_per_epoch=4"])])
+    assert wait(again) == "COMPLETED", log_of(again)
+    resumed = re.search(r"resumed at epoch (\d+)", log_of(again))
+    assert resumed and int(resumed.group(1)) in epochs, log_of(again)
+    assert f"finished after {max(epochs) + 1} epochs" in log_of(again)
