@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 import yaml
 from typer.testing import CliRunner
 
@@ -176,3 +177,82 @@ def test_predict_on_ray_matches_the_serial_run(tmp_path, ray_cluster):
         a = nib.load(str(tmp_path / "serial" / case / f"{case}_seg.nii.gz")).get_fdata()
         b = nib.load(str(tmp_path / "ray" / case / f"{case}_seg.nii.gz")).get_fdata()
         np.testing.assert_array_equal(a, b)
+
+
+class OracleNet(torch.nn.Module):
+    """A 'perfect' network for `_levels_phantom`: each vertebra has its own HU, which names its class."""
+
+    LEVELS = {22: 400.0, 23: 700.0, 24: 1000.0}  # VerSe L3, L4, L5 (C1_L5 class index = VerSe label)
+
+    def forward(self, x):
+        from vertseg.model.output import SegIdOutput
+
+        hu = x * 2000.0 - 500.0  # inverse of the default [-500, 1500] window
+        levels = torch.tensor(list(self.LEVELS.values()))
+        nearest = torch.argmin((hu[..., None] - levels).abs(), dim=-1)
+        classes = torch.where(hu > 200.0, torch.tensor(list(self.LEVELS))[nearest], 0)
+        onehot = F.one_hot(classes[:, 0], 25).permute(0, 4, 1, 2, 3).float()
+        ident = torch.log(F.avg_pool3d(onehot, 4) + 1e-4)
+        seg = torch.where(hu > 200.0, 8.0, -8.0)
+        return SegIdOutput([seg, seg, seg], ident)
+
+
+def _levels_phantom(path: Path) -> np.ndarray:
+    """Three vertebrae (L3-L5) in an L-A-S grid of 0.9 x 0.8 x 1.5 mm; returns the true labels (x, y, z)."""
+    shape = (48, 44, 40)
+    i, j, k = np.indices(shape)
+    hu = np.full(shape, -1000.0)
+    hu[((i - 24) / 22) ** 2 + ((j - 22) / 20) ** 2 < 1] = 30.0
+    labels = np.zeros(shape, np.uint8)
+    column = ((i - 24) * 0.9) ** 2 + ((j - 16) * 0.8) ** 2 < 8.0**2
+    for n, label in enumerate((24, 23, 22)):  # z increases superiorly (S): L5 at the bottom
+        labels[column & (k >= 1 + 13 * n) & (k < 11 + 13 * n)] = label
+    for label, value in OracleNet.LEVELS.items():
+        hu[labels == label] = value
+    affine = np.array([[-0.9, 0, 0, 20.0], [0, 0.8, 0, -15.0], [0, 0, 1.5, 100.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(hu.astype(np.int16), affine), str(path))
+    return labels
+
+
+def test_perfect_network_gives_true_labels_and_centroids_on_the_original_grid(tmp_path):
+    truth = _levels_phantom(tmp_path / "levels.nii.gz")
+    config = build_config({**TINY, "inference": {**TINY["inference"], "overlap": 0.5, "min_fragment_ml": 0.1}})
+    records = predict_all(Predictor(OracleNet(), config, "cpu"), collect_jobs([tmp_path / "levels.nii.gz"]), tmp_path)
+    assert records[0]["status"] == "ok", records[0].get("traceback")
+    assert records[0]["vertebrae"] == ["L3", "L4", "L5"]
+    seg = np.asarray(nib.load(str(tmp_path / "levels" / "levels_seg.nii.gz")).dataobj)
+    ctd = json.loads((tmp_path / "levels" / "levels_ctd.json").read_text())
+    assert ctd[0]["direction"] == ["L", "A", "S"]
+    for entry in ctd[1:]:
+        label = entry["label"]
+        true_mask, pred_mask = truth == label, seg == label
+        dice = 2 * np.count_nonzero(true_mask & pred_mask) / (true_mask.sum() + pred_mask.sum())
+        assert dice > 0.85, (label, dice)  # 1 mm store frame and back with nearest neighbour
+        centre = np.argwhere(true_mask).mean(axis=0)
+        np.testing.assert_allclose([entry["X"], entry["Y"], entry["Z"]], centre, atol=0.75)
+
+
+def test_zarr_store_cases_predict_onto_their_original_grid(tmp_path):
+    from vertseg.data.preprocess import preprocess_case
+    from vertseg.data.readers import discover_cases
+    from vertseg.data.store import build_manifest, init_store, write_manifest
+
+    truth = _levels_phantom(tmp_path / "levels.nii.gz")
+    config = build_config({**TINY, "inference": {**TINY["inference"], "overlap": 0.5, "min_fragment_ml": 0.1}})
+    store = tmp_path / "store.zarr"
+    init_store(store, config.data)
+    result = preprocess_case(discover_cases([tmp_path / "levels.nii.gz"])[0], config.data, store, "unlabeled")
+    assert result["status"] == "written", result
+    write_manifest(store, build_manifest(store, config.data, []))
+
+    jobs = collect_jobs([store])
+    assert [(j.case_id, j.store) for j in jobs] == [("levels", store)]
+    records = predict_all(Predictor(OracleNet(), config, "cpu"), jobs, tmp_path / "out")
+    assert records[0]["status"] == "ok", records[0].get("traceback")
+    assert records[0]["vertebrae"] == ["L3", "L4", "L5"]
+    seg = nib.load(str(tmp_path / "out" / "levels" / "levels_seg.nii.gz"))
+    original = nib.load(str(tmp_path / "levels.nii.gz"))
+    assert seg.shape == original.shape
+    np.testing.assert_allclose(seg.affine, original.affine, atol=1e-4)
+    overlap = (np.asarray(seg.dataobj) == truth)[truth > 0].mean()
+    assert overlap > 0.85

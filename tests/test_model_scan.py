@@ -31,7 +31,7 @@ def test_scan_equals_recurrence(length):
     torch.testing.assert_close(selective_scan(**args, delta_softplus=True), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk,segment_elements", [(1, 2**24), (16, 64 * 2 * 3 * 4), (32, 100 * 2 * 3 * 4)])
+@pytest.mark.parametrize("chunk,segment_elements", [(2, 2**24), (16, 64 * 2 * 3 * 4), (32, 100 * 2 * 3 * 4)])
 def test_scan_chunking_and_segments_do_not_change_the_result(chunk, segment_elements):
     args = _inputs(2, 3, 4, 700, seed=1)
     expected = selective_scan_reference(**args, delta_softplus=True)

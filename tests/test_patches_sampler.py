@@ -118,3 +118,21 @@ def test_validation_patches_tile_the_spine_deterministically(store):
     assert [tuple(s) for s in starts] == [tuple(s) for _, s in ValidationPatches(store, CONFIG).windows]
     sample = val[0]
     assert sample["labels"].shape == (32, 16, 16) and sample["mask"].sum() > 0
+
+
+def test_stream_pickles_without_open_files(store):
+    import pickle
+
+    stream = RandomPatches(store, CONFIG, samples_per_epoch=2, seed=3)
+    first = _keys(stream)
+    clone = pickle.loads(pickle.dumps(stream))  # what a spawn-started loader worker receives
+    assert _keys(clone) == first
+
+
+def test_validation_set_pickles_after_reading(store):
+    import pickle
+
+    val = ValidationPatches(store, CONFIG)
+    sample = val[0]
+    clone = pickle.loads(pickle.dumps(val))
+    assert torch.equal(clone[0]["labels"], sample["labels"])

@@ -61,6 +61,8 @@ def test_variants_follow_numeric_axis_and_regions_found():
         RunRecord("b", "b", "tau=0.5", 1, 0.5, {"ctspine1k_test_id_acc_lumbar": 0.8, "loss_dice": 1.0}),
     ]
     assert variants_in_order(records) == ["tau=0.5", "tau=0.9"]
+    shuffled = [RunRecord(k, k, k, 1, None, {}, order=o) for k, o in (("b", 1), ("a", 0), ("b", 3), ("c", 2))]
+    assert variants_in_order(shuffled) == ["a", "b", "c"]  # sweep-file order, not the order trials finished
     assert region_splits(records) == ["test", "ctspine1k_test"]
 
 

@@ -33,10 +33,11 @@ esac
 """,
     "ray": """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$REC/ray"
+[[ $FAKE_CMD == ray-dies ]] && exit 1
 exec sleep 300
 """,
     "python": """#!/usr/bin/env bash
-if [[ $1 == - ]]; then cat > /dev/null; echo "$3 $4" > "$REC/wait"; exit 0; fi
+if [[ $1 == - ]]; then cat > /dev/null; echo "$3" > "$REC/wait"; [[ $FAKE_CMD == ray-dies ]] && exec sleep 30; exit 0; fi
 printf '%s\\0' "$0" "$@" > "$REC/argv"
 echo "$RAY_ADDRESS $RAY_AUTH_MODE ${#RAY_AUTH_TOKEN}" > "$REC/env"
 if [[ $FAKE_CMD == run ]]; then
@@ -127,7 +128,7 @@ def test_ray_head_here_workers_by_srun_then_the_command_then_teardown(tmp_path, 
     else:
         assert len(srun) == 1 and "--nodes=3 --ntasks=3 --ntasks-per-node=1 --exclude=n1" in srun[0]
         assert len(workers) == 1 and f"--address={rec(tmp_path, 'env').split()[0]}" in workers[0]
-    assert rec(tmp_path, "wait").split() == [str(len(nodes)), "7"]
+    assert rec(tmp_path, "wait").split() == [str(len(nodes))]
 
     argv = rec(tmp_path, "argv").split("\0")[:-1]
     assert argv == [str(stubs / "python"), "-m", "vertseg", "train", "--store", "s.zarr", "--name", "vs-test"]
@@ -135,6 +136,14 @@ def test_ray_head_here_workers_by_srun_then_the_command_then_teardown(tmp_path, 
     assert address.endswith(f":{port}") and mode == "token" and token_length == "64"
     assert "stopping Ray" in out and not Path("/tmp/ray_4242").exists()
     assert rec(tmp_path, "requeue") == ""
+
+
+def test_a_ray_launcher_that_dies_fails_the_job_before_the_command_runs(tmp_path, stubs):
+    script = render_to(tmp_path, options(tmp_path), Command("train", (), str(stubs / "python")))
+    job = run_job(tmp_path, stubs, script, ["n1"], mode="ray-dies")
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 1 and "the Ray cluster did not come up" in out
+    assert rec(tmp_path, "argv") == ""
 
 
 def test_requeued_training_resumes_the_same_run(tmp_path, stubs):

@@ -33,3 +33,15 @@ def test_unsharded_arrays_are_refused(tmp_path):
     zarr.create_array(str(tmp_path / "plain"), data=np.zeros((4, 4), np.uint8), chunks=(2, 2))
     with pytest.raises(UnsupportedLayout):
         ShardedArrayReader(tmp_path / "plain")
+
+
+def test_store_refuses_other_settings_and_bad_shards(tmp_path):
+    from vertseg.data.config import DataConfig
+    from vertseg.data.store import StoreError, init_store
+
+    init_store(tmp_path / "s.zarr", DataConfig())
+    init_store(tmp_path / "s.zarr", DataConfig())  # same settings: reopening is fine
+    with pytest.raises(StoreError, match="another --out"):
+        init_store(tmp_path / "s.zarr", DataConfig(codec="zstd"))
+    with pytest.raises(StoreError, match="multiple"):
+        init_store(tmp_path / "t.zarr", DataConfig(chunk_size=(48, 32, 32)))

@@ -133,3 +133,17 @@ def test_cli_dry_run_and_errors(tmp_path):
     bad = _write(tmp_path, GOOD.replace("model.cbam_placement: none", "model.cbam: none"))
     result = runner.invoke(app, ["tune", str(bad)])
     assert result.exit_code == 2 and "model.cbam" in result.output
+
+
+def test_run_sweep_refuses_bad_store_and_missing_state_before_writing(tmp_path):
+    from vertseg.tuning.runner import run_sweep
+
+    (tmp_path / "base.yaml").write_text("{}\n")
+    (tmp_path / "s.zarr").mkdir()
+    path = _write(tmp_path, GOOD.replace("s.zarr", str(tmp_path / "s.zarr")))
+    plan = plan_sweep(path)
+    with pytest.raises(SweepError, match="not a vertseg store"):
+        run_sweep(plan, root=tmp_path / "runs")
+    with pytest.raises(SweepError, match="nothing to resume"):
+        run_sweep(plan, root=tmp_path / "runs", resume=True)
+    assert not (tmp_path / "runs").exists()  # no MLflow parent, no state: a corrected rerun starts cleanly

@@ -20,6 +20,7 @@ import numpy as np
 from vertseg.bench.report import markdown_table, write_section
 from vertseg.data.config import DataConfig
 
+ROUNDS = 3  # each layout is timed in this many interleaved rounds; the median is reported
 L1_BYTES, L3_BYTES = 32 * 1024, 1408 * 1024  # per-core caches nnU-Net sizes Blosc2 blocks/chunks against
 
 
@@ -175,11 +176,15 @@ def run_data_bench(quick: bool, workdir: Path | None, output: Path, echo: Callab
                 zarr_path, lambda s: generic[s[0]: s[0] + patch[0], s[1]: s[1] + patch[1], s[2]: s[2] + patch[2]]),
         }
         layouts.update(_write_layouts(hu, scratch, patch))
-        rates = {}
-        for name, (path, read) in layouts.items():
-            per_sample_nifti = name.startswith("whole")
-            rates[name] = _reads_per_second(read, starts[: 6 if per_sample_nifti else n_reads], limit_s)
-            echo(f"{name}: {rates[name]:.1f} patches/s, {_folder_bytes(path) / 1e6:.1f} MB")
+        rounds: dict[str, list[float]] = {name: [] for name in layouts}
+        for round_starts in np.array_split(starts, ROUNDS):  # interleaved rounds: load drift hits every layout alike
+            for name, (path, read) in layouts.items():
+                per_sample_nifti = name.startswith("whole")
+                rounds[name].append(_reads_per_second(read, round_starts[: 3 if per_sample_nifti else None], limit_s / ROUNDS))
+        rates = {name: float(np.median(values)) for name, values in rounds.items()}
+        for name, (path, _) in layouts.items():
+            echo(f"{name}: {rates[name]:.1f} patches/s (rounds {', '.join(f'{v:.0f}' for v in rounds[name])}), "
+                 f"{_folder_bytes(path) / 1e6:.1f} MB")
         nifti_rate = next(rate for name, rate in rates.items() if name.startswith("whole"))
         zarr_name = next(iter(layouts))
         rows = [[name, f"{rate:.1f}", f"{rate / nifti_rate:.0f}x", f"{_folder_bytes(layouts[name][0]) / 1e6:.1f}",
@@ -199,7 +204,8 @@ def run_data_bench(quick: bool, workdir: Path | None, output: Path, echo: Callab
         body = (
             f"{n} phantom CTs (`vertseg synth`, size medium, VerSe 2020 layout) preprocessed to {config.spacing_mm} mm; "
             f"patch reads on the largest case, {shape[0]}x{shape[1]}x{shape[2]} voxels int16, "
-            f"{patch[0]}x{patch[1]}x{patch[2]} windows at the same random starts for every layout (one thread). "
+            f"{patch[0]}x{patch[1]}x{patch[2]} windows at the same random starts for every layout (one thread; median of "
+            f"{ROUNDS} interleaved rounds). "
             f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine: "
             "the Ray speed-up is bounded by the idle cores).\n\n"
             "### Preprocessing\n\n"

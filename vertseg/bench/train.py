@@ -126,4 +126,5 @@ def run_train_bench(quick: bool = False, steps: int | None = None) -> Any:
         f"Augmentation (training views, on the {device.lower()}): {aug:.1f} patches/s; `proposed` consumes "
         f"{need:.1f} patches/s, so augmentation runs at {aug / need:.1f}x the rate training needs.",
     ])
-    return write_section("train", "Training step cost per method", command, body)
+    key, title = ("train-cuda", "Training step cost per method (GPU)") if device == "CUDA" else ("train", "Training step cost per method (CPU)")
+    return write_section(key, title, command, body)

@@ -116,7 +116,7 @@ def _print_description(description: dict[str, Any]) -> None:
             f"{sum(row['volume_ml'] for row in record['labels']):.1f}",
         )
     out.print(table)
-    if len(description["cases"]) == 1:
+    if len(description["cases"]) == 1 and description["cases"][0]["labels"]:
         detail = Table("label", "volume ml", "body centroid (RAS mm)", "mask centre (RAS mm)")
         for row in description["cases"][0]["labels"]:
             detail.add_row(

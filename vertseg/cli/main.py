@@ -16,7 +16,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks; each writes its table to docs/benchmarks.md.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-# Pipeline order: data -> model -> training -> inference -> evaluation -> tuning/reporting -> launch.
+# Pipeline order: data -> model -> training -> inference -> evaluation -> tuning/reporting -> launch -> demo.
 COMMAND_MODULES: tuple[str, ...] = (
     "config",
     "synth",
@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tune",
     "report",
     "launch",
+    "demo",
 )
 
 for _name in COMMAND_MODULES:

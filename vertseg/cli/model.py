@@ -23,6 +23,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Parameters and forward FLOPs of the configured network and of each ablation variant (section 2.7.3)."""
         settings = config_or_exit(config, overrides)
         size = tuple(settings.data.patch_size) if patch is None else _parse_patch(patch)
+        from rich.console import Console
         from rich.table import Table
 
         from vertseg.model.summary import summarize
@@ -33,12 +34,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise typer.BadParameter(str(error)) from None
         table = Table(title=f"vertseg model, patch {'x'.join(map(str, size))}, batch {batch}")
         for column in ("variant", "parameters", "forward GFLOP", "of which scan GFLOP", "FLOPs vs configured"):
-            table.add_column(column, justify="left" if column == "variant" else "right")
+            table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=column == "variant")
         for cost in costs:
             table.add_row(cost.name, f"{cost.parameters:,}", f"{cost.forward_flops / 1e9:.2f}",
                           f"{cost.scan_flops / 1e9:.3f}", f"{cost.forward_flops / costs[0].forward_flops:.2f}")
-        console.print(table)
-        console.print("FLOPs: convolutions/matmuls counted by torch FlopCounterMode + 9*B*L*d_inner*d_state per selective scan.")
+        out = Console(width=max(100, Console().width))
+        out.print(table)
+        out.print("FLOPs: convolutions/matmuls counted by torch FlopCounterMode + 9*B*L*d_inner*d_state per selective scan.")
 
     @bench_app.command("model")
     def bench_model(

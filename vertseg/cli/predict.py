@@ -23,8 +23,9 @@ def _build_predictor(checkpoint: Path | None, config_path: Path | None, override
     return Predictor(model, config, torch_device), f"{checkpoint} ({key} weights)"
 
 
-def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done) -> list[dict]:
-    """Run jobs on a pool of Ray actors, each holding one loaded network; joins a running cluster when there is one."""
+def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done, gpu: bool) -> list[dict]:
+    """Run jobs on a pool of Ray actors, each holding one loaded network (and one GPU when predicting on CUDA);
+    joins a running cluster when there is one."""
     import os
 
     import ray
@@ -46,7 +47,8 @@ def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done) -> l
 
             return predict_job(self.predictor, job, Path(out_dir))
 
-    pool = ActorPool([PredictWorker.remote(build_args) for _ in range(max(1, min(workers, len(jobs))))])
+    actor = PredictWorker.options(num_gpus=1) if gpu else PredictWorker
+    pool = ActorPool([actor.remote(build_args) for _ in range(max(1, min(workers, len(jobs))))])
     records = []
     for record in pool.map_unordered(lambda actor, job: actor.run.remote(job, str(out)), jobs):
         records.append(record)
@@ -66,7 +68,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda (auto picks CUDA when present)."),
         tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (inference.mirror_axes)."),
         use_ray: bool = typer.Option(False, "--ray", help="Run cases in parallel on Ray (joins RAY_ADDRESS when set)."),
-        workers: int = typer.Option(2, min=1, help="With --ray: actors, each holding one copy of the network."),
+        workers: int = typer.Option(2, min=1, help="With --ray: actors, each holding one copy of the network (and a GPU)."),
         split: str = typer.Option(None, help="For Zarr store inputs: only this split (e.g. test)."),
         random_weights: bool = typer.Option(
             False, "--random-weights", help="SMOKE TESTS ONLY: an untrained network from --config; predictions are meaningless."
@@ -112,8 +114,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 progress.advance(task)
 
             if use_ray:
+                gpu = predictor.device.type == "cuda"
                 del predictor  # each actor loads its own copy
-                records = _ray_records(jobs, out, workers, build_args, on_done)
+                records = _ray_records(jobs, out, workers, build_args, on_done, gpu)
             else:
                 records = predict_all(predictor, jobs, out, on_done)
         summary = write_summary(out, records, {"weights": weights, "ray": use_ray})

@@ -14,9 +14,9 @@ def tune(
     gpus_per_trial: int = typer.Option(None, "--gpus-per-trial", min=0, help="GPU workers per trial (one GPU each); 0 = CPU."),
     workers_per_trial: int = typer.Option(None, "--workers-per-trial", min=1, help="CPU workers per trial (gloo)."),
     max_concurrent: int = typer.Option(None, "--max-concurrent", min=1, help="Cap on trials running at once."),
-    smoke: bool = typer.Option(False, "--smoke", help="Tiny epochs/patches/width and one seed: minutes on a CPU."),
+    smoke: bool = typer.Option(False, "--smoke", help="Tiny epochs/patches/width, one seed, CPU workers: minutes on a laptop."),
     resume: bool = typer.Option(False, "--resume", help="Continue a stopped sweep; finished trials are not rerun."),
-    store: Path = typer.Option(None, "--store", help="Labeled store instead of the sweep file's."),
+    store: Path = typer.Option(None, "--store", help="Labeled store instead of the sweep file's (drops its unlabeled store too)."),
     unlabeled: Path = typer.Option(None, "--unlabeled", help="Unlabeled store instead of the sweep file's."),
     out: Path = typer.Option(Path("runs"), "--out", help="Runs folder: MLflow db + OUT/sweeps/NAME (Tune state, checkpoints)."),
     mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Tracking URI; default sqlite:///OUT/mlflow.db."),
@@ -35,7 +35,8 @@ def tune(
         for trial in plan.trials:
             typer.echo(f"{trial.key}\t{trial.variant}\tseed={trial.seed}")
         return
-    use_gpu = None if gpus_per_trial is None else gpus_per_trial > 0
+    # A smoke run is for a CPU machine: CPU workers unless GPUs are asked for explicitly.
+    use_gpu = (False if smoke else None) if gpus_per_trial is None else gpus_per_trial > 0
     workers = gpus_per_trial if gpus_per_trial else workers_per_trial
     from vertseg.tuning.runner import run_sweep
 

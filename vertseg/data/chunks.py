@@ -56,11 +56,11 @@ class ShardedArrayReader:
         self.chunk = tuple(sharding["chunk_shape"])
         self.per_shard = tuple(s // c for s, c in zip(self.shard, self.chunk))
         self._index_bytes = 16 * int(np.prod(self.per_shard)) + (4 if index[-1] == "crc32c" else 0)
-        self._open: OrderedDict[tuple[int, ...], tuple[mmap.mmap, np.ndarray] | None] = OrderedDict()
+        self._open: OrderedDict[tuple[int, ...], tuple[memoryview, list] | None] = OrderedDict()
         self._max_open = max_open
         self._buffer = np.empty(self.chunk, self.dtype)
 
-    def _shard(self, key: tuple[int, ...]) -> tuple[mmap.mmap, np.ndarray] | None:
+    def _shard(self, key: tuple[int, ...]) -> tuple[memoryview, list] | None:
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key]
@@ -71,7 +71,7 @@ class ShardedArrayReader:
                 mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             index = np.frombuffer(mapped, "<u8", count=2 * int(np.prod(self.per_shard)),
                                   offset=len(mapped) - self._index_bytes).reshape(*self.per_shard, 2)
-            entry = (mapped, index)
+            entry = (memoryview(mapped), index.tolist())  # nested lists: cheaper lookups than numpy scalars
         self._open[key] = entry
         if len(self._open) > self._max_open:
             self._open.popitem(last=False)
@@ -100,7 +100,9 @@ class ShardedArrayReader:
         entry = self._shard(tuple(i // p for i, p in zip(index, self.per_shard)))
         if entry is not None:
             mapped, table = entry
-            offset, nbytes = (int(v) for v in table[tuple(i % p for i, p in zip(index, self.per_shard))])
+            for i, p in zip(index, self.per_shard):
+                table = table[i % p]
+            offset, nbytes = table
             if offset != _EMPTY:
                 raw = mapped[offset: offset + nbytes]
                 if self.compressed:

@@ -15,8 +15,7 @@ import SimpleITK as sitk
 
 # ITK direction of the store grid: index x -> Right (-L), y -> Posterior (+P), z -> Inferior (-S), in LPS.
 CANONICAL_DIRECTION = np.diag([-1.0, 1.0, -1.0])
-CANONICAL_AXCODES = ("I", "P", "R")
-HU_BACKGROUND = -1024.0
+HU_BACKGROUND = -1024.0  # air: the CT value outside the scanned field of view
 _LPS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
 
 
@@ -95,15 +94,6 @@ class GridGeometry:
         image.SetOrigin(self.origin_lps)
         image.SetDirection(self.direction)
         return image
-
-    def matches(self, other: "GridGeometry", tol_mm: float = 1e-3) -> bool:
-        """Same size and the same voxel centres in world space (within `tol_mm` at the grid corners)."""
-        if self.size_xyz != other.size_xyz:
-            return False
-        corners = _corner_indices_zyx(self.shape_zyx)
-        mine = apply_affine(self.affine_lps(), corners)
-        theirs = apply_affine(other.affine_lps(), corners)
-        return bool(np.max(np.abs(mine - theirs)) <= tol_mm)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ class RandomPatches(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Loader workers (fork or spawn) reopen the store themselves; memory maps do not travel."""
+        return {**self.__dict__, "_reader": None}
+
     def _shard(self) -> tuple[int, int]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)

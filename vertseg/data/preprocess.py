@@ -18,14 +18,13 @@ import SimpleITK as sitk
 
 from vertseg.data.config import DataConfig
 from vertseg.data.errors import CaseError
-from vertseg.data.geometry import CaseGeometry, apply_affine, case_geometry, resample_to_grid, world_to_index
+from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry, apply_affine, case_geometry, resample_to_grid, world_to_index
 from vertseg.data.integrity import nifti_problem
 from vertseg.data.store import read_case_attrs, settings_hash, write_case
 from vertseg.data.types import Case, CaseSource
 from vertseg.labels import MAX_VERSE_LABEL, PROTOCOLS, apply_policy
 
 PoolChoice = Literal["auto", "labeled", "unlabeled"]
-HU_BACKGROUND = -1024.0  # air, the value outside the scanned field of view
 BONE_HU = 250.0  # unlabeled cases: foreground sampling points are bone voxels above this HU
 FG_PER_LABEL = 512  # foreground voxels kept per label for oversampling (nnU-Net keeps a similar sample)
 FG_BONE = 4096

@@ -23,14 +23,14 @@ import zarr
 
 from vertseg.data.chunks import ShardedArrayReader, UnsupportedLayout
 from vertseg.data.config import DataConfig
-from vertseg.data.geometry import CaseGeometry
+from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry
 from vertseg.io import atomic_path, atomic_write_json
 
 STORE_FORMAT = "vertseg-store/1"
 MANIFEST = "manifest.json"
 CASES = "cases"
 POOLS = ("labeled", "unlabeled")
-HU_FILL = -1024  # air: outside the field of view and the value of unstored chunks
+HU_FILL = int(HU_BACKGROUND)  # value of unstored (all-air) image chunks
 
 
 class StoreError(RuntimeError):
@@ -77,7 +77,7 @@ def init_store(root: Path, config: DataConfig) -> None:
         if existing is not None and existing != store_settings(config):
             raise StoreError(
                 f"{root} was preprocessed with settings {existing}, not {store_settings(config)}; "
-                "use another --out or --overwrite"
+                "write to another --out (or delete this store first)"
             )
     group = zarr.open_group(str(root), mode="a")
     group.attrs.update({"format": STORE_FORMAT, "settings": store_settings(config)})
@@ -210,6 +210,10 @@ class VertStore:
         self._arrays: dict[tuple[str, str], Any] = {}
         self._attrs: dict[str, dict[str, Any]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (to loader or Ray workers) without open arrays and memory maps; they reopen lazily."""
+        return {**self.__dict__, "_arrays": {}}
+
     @cached_property
     def settings(self) -> dict[str, Any]:
         return self.manifest["settings"]
@@ -273,8 +277,11 @@ class VertStore:
         return self._window(case_id, "labels", window)
 
     def foreground(self, case_id: str) -> np.ndarray:
-        """(N, 4) sampled foreground voxels: VerSe label (0 = bone, unlabeled cases), z, y, x."""
-        return self._array(case_id, "fg")[...]
+        """(N, 4) sampled foreground voxels: VerSe label (0 = bone, unlabeled cases), z, y, x (cached, small)."""
+        key = (case_id, "fg:values")
+        if key not in self._arrays:
+            self._arrays[key] = self._array(case_id, "fg")[...]
+        return self._arrays[key]
 
     def geometry(self, case_id: str) -> CaseGeometry:
         return CaseGeometry.from_dict(self.attrs(case_id)["geometry"])

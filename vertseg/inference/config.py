@@ -11,9 +11,9 @@ class InferenceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seg_threshold: float = Field(0.5, gt=0, lt=1)  # section 2.6: foreground at probability 0.5
-    overlap: float = Field(0.5, ge=0, lt=1)
-    window_batch_size: int = Field(2, ge=1)
-    mirror_tta: bool = False
+    overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap between neighbouring windows (nnU-Net's 0.5)
+    window_batch_size: int = Field(2, ge=1)  # windows per forward pass
+    mirror_tta: bool = False  # average the mirrored views (`vertseg predict --tta`)
     mirror_axes: tuple[int, ...] = (2,)  # store axes (z, y, x) flipped by TTA; x = left-right, the anatomical mirror
     gaussian_sigma_scale: float = Field(0.125, gt=0)  # importance sigma = scale * patch size (nnU-Net's 1/8)
     id_accumulator_dtype: Literal["float16", "float32"] = "float16"  # 1/4-resolution per-class accumulator
@@ -28,5 +28,5 @@ class InferenceConfig(BaseModel):
     gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)
     localisation: Literal["network", "bone", "none"] = "network"  # label-free spine box for the fine pass
     localisation_spacing_mm: float = Field(2.0, gt=0)  # coarse network pass; vertebrae stay >= ~20 voxels tall
-    localisation_margin_mm: float = Field(25.0, ge=0)
+    localisation_margin_mm: float = Field(25.0, ge=0)  # added on every side of the spine box
     bone_threshold_hu: float = 200.0  # bone heuristic (fallback): cortical/cancellous bone is above ~200 HU

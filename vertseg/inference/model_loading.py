@@ -39,6 +39,10 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
 def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list[str] | None = None) -> VertsegConfig:
     """The training run's config; `overrides` may change inference/post-processing keys, not the network."""
     raw = payload.get("config")
+    if raw is None and isinstance(payload.get("config_yaml"), str):  # what `vertseg train` (Trainer.state_dict) saves
+        import yaml
+
+        raw = yaml.safe_load(payload["config_yaml"])
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {path} has no 'config' dict; it was not written by vertseg train")
     try:

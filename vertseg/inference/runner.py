@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from vertseg.data.geometry import to_original_grid
+from vertseg.data.geometry import apply_affine, to_original_grid
 from vertseg.inference.cases import LoadedScan, PredictJob, load_job
+from vertseg.inference.centroids import body_centroids
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.qc import write_qc
 from vertseg.inference.writers import vertebrae_on_grid, write_centroids, write_labelmap, write_vertebra_tables
 from vertseg.io import atomic_write_json
+from vertseg.labels import PROTOCOLS
 from vertseg.postprocess.assign import labelmap_from_predictions
 
 STEPS = ("load", "localisation", "sliding_window", "postprocess", "write")
@@ -67,7 +69,10 @@ def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer:
         canonical[box.slices] = roi_labels
         original = to_original_grid(canonical, scan.geometry, "nearest", 0.0).astype(np.uint8)
         confidence = {r.label: r.confidence for r in records if r.label}
-        vertebrae = vertebrae_on_grid(original, scan.reference, confidence)
+        body = body_centroids(roi_labels, window.id_prob, PROTOCOLS[config.data.protocol])
+        to_lps = scan.geometry.canonical.affine_lps()
+        centroids_lps = {label: apply_affine(to_lps, (zyx + np.asarray(box.start))[None])[0] for label, zyx in body.items()}
+        vertebrae = vertebrae_on_grid(original, scan.reference, confidence, centroids_lps)
     with timer.step("write"):
         paths = case_outputs(out_dir, case_id)
         write_labelmap(paths["seg"], original, scan.reference, scan.nifti_source)

@@ -45,14 +45,17 @@ class Vertebra:
             "region": region_of(self.label) or "",
             "voxels": self.voxels,
             "volume_ml": round(self.volume_ml, 3),
-            "confidence": round(self.confidence, 4),
+            "confidence": None if np.isnan(self.confidence) else round(self.confidence, 4),
             **{f"centroid_{a}": round(v, 2) for a, v in zip("xyz", self.centroid_ijk)},
             **{f"centroid_lps_{a}": round(v, 2) for a, v in zip("xyz", self.centroid_lps)},
         }
 
 
-def vertebrae_on_grid(labelmap_zyx: np.ndarray, image: sitk.Image, confidence: dict[int, float]) -> list[Vertebra]:
-    """Volumes and centre-of-mass centroids of every label of an original-grid labelmap (no per-voxel loop)."""
+def vertebrae_on_grid(
+    labelmap_zyx: np.ndarray, image: sitk.Image, confidence: dict[int, float], centroids_lps: dict[int, np.ndarray]
+) -> list[Vertebra]:
+    """Volume of every label of an original-grid labelmap (no per-voxel loop) with its predicted body centroid
+    (`centroids_lps`, LPS mm; the label's centre of mass where none is given)."""
     flat = labelmap_zyx.ravel().astype(np.int64)
     counts = np.bincount(flat, minlength=256)
     present = [int(k) for k in np.flatnonzero(counts) if k > 0]
@@ -66,8 +69,12 @@ def vertebrae_on_grid(labelmap_zyx: np.ndarray, image: sitk.Image, confidence: d
     affine = affine_lps(image)
     out = []
     for label in present:
-        ijk = np.array([means[2][label], means[1][label], means[0][label]])
-        lps = affine[:3, :3] @ ijk + affine[:3, 3]
+        if label in centroids_lps:
+            lps = np.asarray(centroids_lps[label], dtype=np.float64)
+            ijk = np.linalg.solve(affine[:3, :3], lps - affine[:3, 3])
+        else:
+            ijk = np.array([means[2][label], means[1][label], means[0][label]])
+            lps = affine[:3, :3] @ ijk + affine[:3, 3]
         out.append(Vertebra(label, int(counts[label]), counts[label] * voxel_ml, float(confidence.get(label, np.nan)),
                             tuple(float(v) for v in ijk), tuple(float(v) for v in lps)))
     return out

@@ -108,6 +108,8 @@ def selective_scan(
     (recomputed in backward via checkpointing), so memory stays bounded at full-resolution placements.
     Runs in at least float32; autocast is disabled here because the recurrence is unstable in fp16/bf16.
     """
+    if chunk < 2:
+        raise ValueError(f"selective scan: chunk must be >= 2 (got {chunk}); the chunk-end recurrence shrinks by it")
     out_dtype = u.dtype
     device_type = u.device.type if torch.amp.is_autocast_available(u.device.type) else "cpu"  # e.g. meta
     with torch.autocast(device_type=device_type, enabled=False):

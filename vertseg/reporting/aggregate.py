@@ -33,6 +33,7 @@ class RunRecord:
     metrics: dict[str, float]
     dataset: str = ""
     method: str = ""
+    order: int | None = None  # position in the sweep file
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,15 @@ def metric_key(split: str, metric: str, sub: str | None = None) -> str:
 
 
 def variants_in_order(records: Sequence[RunRecord]) -> list[str]:
-    """Rows in numeric x order when every run has one, else in first-seen (sweep file) order."""
-    seen: dict[str, float | None] = {}
-    for record in records:
-        seen.setdefault(record.variant, record.x)
-    if seen and all(x is not None for x in seen.values()):
-        return sorted(seen, key=lambda v: seen[v])
-    return list(seen)
+    """Rows in numeric x order when every run has one, else in sweep-file order (then first seen)."""
+    first: dict[str, tuple[float, float, int]] = {}
+    for i, record in enumerate(records):
+        x = record.x if record.x is not None else math.inf
+        order = record.order if record.order is not None else math.inf
+        first[record.variant] = min(first.get(record.variant, (math.inf, math.inf, i)), (x, order, i))
+    if first and all(value[0] != math.inf for value in first.values()):
+        return sorted(first, key=lambda v: first[v])
+    return sorted(first, key=lambda v: first[v][1:])
 
 
 def by_variant(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:

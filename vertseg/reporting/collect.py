@@ -36,6 +36,7 @@ def _all_experiments(mlflow: "MlflowClient") -> list[str]:
 def _record(run: "Run") -> RunRecord:
     tags = run.data.tags
     x = tags.get(tracking.TAG_X)
+    order = tags.get(tracking.TAG_ORDER)
     seed = tags.get(tracking.TAG_SEED) or run.data.params.get("train.seed")
     name = tags.get(tracking.TAG_RUN_NAME, run.info.run_id)
     return RunRecord(
@@ -47,6 +48,7 @@ def _record(run: "Run") -> RunRecord:
         metrics=dict(run.data.metrics),
         dataset=tags.get(tracking.TAG_DATASET, ""),
         method=tags.get(tracking.TAG_METHOD, run.data.params.get("train.method", "")),
+        order=int(order) if order is not None else None,
     )
 
 

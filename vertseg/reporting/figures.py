@@ -44,7 +44,7 @@ def bar_chart(rows: Sequence[Row], title: str) -> Figure:
     for offset, (metric, label) in zip((-width / 2, width / 2), (("dice", "Dice"), ("id_acc", "ID accuracy"))):
         means = [_pct(getattr(r, metric).mean) for r in rows]
         errs = [_pct(getattr(r, metric).std) if getattr(r, metric).n > 1 else 0.0 for r in rows]
-        bars = ax.bar([c + offset for c in centers], means, width, yerr=errs, capsize=3, label=label,
+        bars = ax.bar([c + offset for c in centers], means, width, yerr=errs if any(errs) else None, capsize=3, label=label,
                       color=_COLORS[metric])
         ax.bar_label(bars, labels=[f"{m:.1f}" if math.isfinite(m) else "" for m in means], fontsize=7, padding=2)
         heights += [m - e for m, e in zip(means, errs)] + [m + e for m, e in zip(means, errs)]
@@ -67,7 +67,8 @@ def line_plot(rows: Sequence[Row], title: str, x_label: str) -> Figure:
     for metric, label in (("dice", "Dice"), ("id_acc", "ID accuracy")):
         means = [_pct(getattr(r, metric).mean) for r in rows]
         errs = [_pct(getattr(r, metric).std) if getattr(r, metric).n > 1 else 0.0 for r in rows]
-        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=label, color=_COLORS[metric])
+        ax.errorbar(xs, means, yerr=errs if any(errs) else None, marker="o", capsize=3, label=label,
+                    color=_COLORS[metric])
         values += [m - e for m, e in zip(means, errs)] + [m + e for m, e in zip(means, errs)]
         best = max(range(len(rows)), key=lambda i: means[i] if math.isfinite(means[i]) else -math.inf)
         if metric == "dice" and math.isfinite(means[best]):

@@ -42,6 +42,11 @@ def concurrency_limit(cluster: dict[str, float], workers: int, use_gpu: bool, re
     return min(fits, requested) if requested else fits
 
 
+def trial_label(trial: Any) -> str:
+    """Tune's name and folder for a trial: the sweep's deterministic trial key instead of a random id."""
+    return trial.config["trial"]["key"]
+
+
 def _read_state(path: Path) -> dict[str, Any] | None:
     import json
 
@@ -86,18 +91,11 @@ def run_sweep(
     if state is not None and state["trial_keys"] != keys:
         raise SweepError(f"{sweep.name}: the sweep's trials changed since {state_path} was written; start anew")
 
-    uri = mlflow_uri or (state or {}).get("mlflow_uri") or tracking.default_tracking_uri(root)
-    mlflow = tracking.client(uri)
-    if state is None:
-        experiment_id = tracking.ensure_experiment(mlflow, tracking.EXPERIMENT, root / "mlartifacts")
-        provenance = tracking.store_provenance(sweep.data.store, sweep.data.eval_split)
-        parent = tracking.start_parent(mlflow, experiment_id, plan, provenance)
-        state = {"parent_run_id": parent, "mlflow_uri": uri, "trial_keys": keys, "smoke": plan.smoke}
-        atomic_write_json(state_path, state)
-    else:
-        parent = state["parent_run_id"]
-        tracking.reopen_parent(mlflow, parent)
+    if state is not None and mlflow_uri and mlflow_uri != state["mlflow_uri"]:
+        raise SweepError(f"{sweep.name} was tracked at {state['mlflow_uri']}, not {mlflow_uri}; resume without --mlflow-uri")
 
+    # Everything that can fail is checked before the MLflow parent run and the state file are written.
+    provenance = tracking.store_provenance(sweep.data.store, sweep.data.eval_split)
     resources = sweep.resources
     workers = workers or resources.workers_per_trial
     use_gpu = resources.use_gpu if use_gpu is None else use_gpu
@@ -105,6 +103,18 @@ def run_sweep(
     import ray
 
     limit = concurrency_limit(ray.cluster_resources(), workers, use_gpu, max_concurrent or resources.max_concurrent)
+
+    uri = (state or {}).get("mlflow_uri") or mlflow_uri or tracking.default_tracking_uri(root)
+    mlflow = tracking.client(uri)
+    if state is None:
+        experiment_id = tracking.ensure_experiment(mlflow, tracking.EXPERIMENT, root / "mlartifacts")
+        parent = tracking.start_parent(mlflow, experiment_id, plan, provenance)
+        state = {"parent_run_id": parent, "mlflow_uri": uri, "trial_keys": keys, "smoke": plan.smoke}
+        atomic_write_json(state_path, state)
+    else:
+        parent = state["parent_run_id"]
+        tracking.reopen_parent(mlflow, parent)
+
     context = TrialContext(
         sweep_name=sweep.name,
         source=str(plan.path),
@@ -130,7 +140,9 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in plan.trials])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=limit),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=limit, trial_name_creator=trial_label, trial_dirname_creator=trial_label
+            ),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str(folder),

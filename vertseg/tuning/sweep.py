@@ -73,6 +73,7 @@ class TrialSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: str  # deterministic id, stable across restarts: <variant-slug>-s<seed>
+    order: int  # position in the sweep file's expansion: the report's row order
     variant: str  # table row label
     x: float | None = None  # numeric axis value (e.g. tau) for line plots
     seed: int
@@ -167,6 +168,7 @@ def expand(sweep: Sweep, smoke: bool = False) -> list[TrialSpec]:
                 trials.append(
                     TrialSpec(
                         key=f"{_slug(label)}-s{seed}",
+                        order=len(trials),
                         variant=label,
                         x=float(x) if x is not None else None,
                         seed=seed,
@@ -250,8 +252,9 @@ def plan_sweep(
     path = Path(path)
     sweep = load_sweep(path)
     if store is not None or unlabeled is not None:
-        data = sweep.data.model_copy(update={k: v for k, v in (("store", store), ("unlabeled", unlabeled)) if v})
-        sweep = sweep.model_copy(update={"data": data})
+        # The two stores go together: another labeled store drops the file's unlabeled one unless one is given.
+        update = {"store": store or sweep.data.store, "unlabeled": unlabeled if store is not None else unlabeled or sweep.data.unlabeled}
+        sweep = sweep.model_copy(update={"data": sweep.data.model_copy(update=update)})
     raw = base_raw(sweep, path.parent)
     try:
         build_config(copy.deepcopy(raw), [], str(path))

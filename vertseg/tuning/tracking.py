@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vertseg.distributed.tracking import EXPERIMENT, default_tracking_uri
-from vertseg.tuning.sweep import SSL_METHODS, SweepPlan, TrialSpec
+from vertseg.tuning.sweep import SSL_METHODS, SweepError, SweepPlan, TrialSpec
 
 __all__ = ["EXPERIMENT", "default_tracking_uri"]  # re-exported: `vertseg train` and sweeps share one store
 
@@ -29,6 +29,7 @@ TAG_TRIAL = "vertseg.trial"
 TAG_VARIANT = "vertseg.variant"
 TAG_SEED = "vertseg.seed"
 TAG_X = "vertseg.x"
+TAG_ORDER = "vertseg.order"
 TAG_METHOD = "vertseg.method"
 TAG_DATASET = "vertseg.dataset"
 TAG_PARENT = "mlflow.parentRunId"
@@ -55,9 +56,12 @@ def ensure_experiment(mlflow: "MlflowClient", name: str, artifact_root: Path) ->
 
 def store_provenance(store: Path, split: str) -> dict[str, str]:
     """Fingerprint and evaluation split of a preprocessed store, for every number the report prints."""
-    from vertseg.data.store import VertStore
+    from vertseg.data.store import StoreError, VertStore
 
-    vert = VertStore(store)
+    try:
+        vert = VertStore(store)
+    except StoreError as error:
+        raise SweepError(str(error)) from None
     cases = vert.cases(split=split)
     return {
         "data.store": str(store),
@@ -139,6 +143,7 @@ def annotate_child(
         TAG_ROLE: "trial",
         TAG_VARIANT: trial.variant,
         TAG_SEED: trial.seed,
+        TAG_ORDER: trial.order,
         TAG_METHOD: method,
         TAG_DATASET: "labeled + unlabeled" if method in SSL_METHODS else "labeled",
     }

@@ -1,0 +1,104 @@
+"""Fast checks of the demo/quality-bench plumbing: metric keys, aggregation, verdicts, output capture, folder safety."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+
+from vertseg.bench.quality import RunOutcome, diagnostics, mean_std, render, verdict
+from vertseg.steps import PhantomPools, split_metrics
+
+SUMMARY = {
+    "mean_vertebra_dice": 0.8, "acc_id": 0.5, "id_rate": 0.75, "binary_dice": 0.9, "mean_distance_mm": float("nan"),
+    "regions": {"cervical": {"mean_vertebra_dice": None, "acc_id": None},
+                "lumbar": {"mean_vertebra_dice": 0.7, "acc_id": 1.0}},
+    "per_case": {
+        "a": {"vertebrae": {"L1": {"dice": 0.6}, "T12": {"dice": 0.9}}},
+        "b": {"vertebrae": {"L1": {"dice": 0.8}}},
+    },
+}
+
+
+def test_split_metrics_uses_the_report_keys_and_drops_missing_values():
+    metrics = split_metrics(SUMMARY, "test")
+    assert metrics["test_dice"] == 0.8 and metrics["test_id_acc"] == 0.5 and metrics["test_id_rate"] == 0.75
+    assert metrics["test_dice_lumbar"] == 0.7 and metrics["test_id_acc_lumbar"] == 1.0
+    assert metrics["test_dice_L1"] == pytest.approx(0.7) and metrics["test_dice_T12"] == 0.9
+    assert "test_distance_mm" not in metrics and "test_dice_cervical" not in metrics
+    assert list(metrics).index("test_dice_T12") < list(metrics).index("test_dice_L1")  # cranio-caudal order
+
+    from vertseg.reporting.aggregate import RunRecord, comparison_rows, level_dice
+
+    record = RunRecord("r", "demo", "proposed", 0, None, metrics)
+    row = comparison_rows([record], "test")[0]
+    assert row.dice.mean == 0.8 and row.id_acc.mean == 0.5
+    assert level_dice([record], "test") == {"T12": [0.9], "L1": [pytest.approx(0.7)]}
+
+
+def test_mean_std_is_the_sample_std_and_ignores_nan():
+    assert mean_std([1.0, 3.0, math.nan]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_diagnostics_average_only_the_epochs_with_consistency():
+    history = [{"epoch": 1, "lambda_cons": 0.0, "val_dice": 0.4},
+               {"epoch": 2, "lambda_cons": 0.0, "pass_seg": 0.0},
+               {"epoch": 3, "lambda_cons": 0.25, "pass_seg": 0.2, "pass_cls": 0.1, "val_dice": 0.6},
+               {"epoch": 4, "lambda_cons": 0.5, "pass_seg": 0.4, "pass_cls": 0.3}]
+    out = diagnostics(history, e_cons=2)
+    assert out["lambda_final"] == 0.5 and out["pass_seg"] == pytest.approx(0.3) and out["pass_cls"] == pytest.approx(0.2)
+    assert out["val_dice_best"] == 0.6 and math.isnan(out["loss_cons_seg"])
+
+
+def _outcome(method: str, seed: int, dice: float) -> RunOutcome:
+    metrics = {"test_dice": dice, "test_binary_dice": dice, "test_id_acc": dice / 2, "test_id_rate": dice / 2}
+    return RunOutcome(method, seed, metrics, {"lambda_final": 0.5}, 10.0)
+
+
+def test_verdict_pairs_seeds_and_says_when_proposed_does_not_win():
+    losing = [_outcome("fsl", s, 0.8) for s in range(3)] + [_outcome("proposed", s, 0.7 + 0.1 * (s == 0)) for s in range(3)]
+    text = verdict(losing)
+    assert "`proposed` does not beat `fsl`" in text and "better on 0/3 seeds" in text
+    winning = [_outcome("fsl", s, 0.6) for s in range(3)] + [_outcome("proposed", s, 0.7) for s in range(3)]
+    assert "Dice: `proposed` beats `fsl`: paired difference +10.0 ± 0.0 points, better on 3/3" in verdict(winning)
+    body = render(winning, ["fsl", "proposed"], PhantomPools(8, 2, 0, 4), ["x=1"], 60.0)
+    assert "| proposed | 3 | 70.0 ± 0.0 |" in body and "| fsl | 3 | 60.0 ± 0.0 |" in body
+
+
+def test_captured_output_takes_python_and_fd_level_writes(tmp_path):
+    from vertseg.demo import captured_output
+
+    log = tmp_path / "logs" / "stage.log"
+    with captured_output(log):
+        print("from python")
+        sys.stderr.write("from stderr\n")
+        os.write(1, b"from fd 1\n")
+        os.write(2, b"from fd 2\n")
+    text = log.read_text()
+    assert all(line in text for line in ("from python", "from stderr", "from fd 1", "from fd 2"))
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
+    from vertseg.demo import DemoError, prepare_out
+
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(DemoError, match="not a `vertseg demo` output"):
+        prepare_out(tmp_path, fresh=True)
+    assert (tmp_path / "precious.txt").exists()
+    demo = tmp_path / "demo"
+    prepare_out(demo, fresh=False)
+    (demo / "old.txt").write_text("stale")
+    prepare_out(demo, fresh=True)
+    assert not (demo / "old.txt").exists() and (demo / ".stages").is_dir()
+
+
+def test_demo_config_keeps_the_paper_schedule_shape():
+    from vertseg.config import load_config
+    from vertseg.demo import DEMO_CONFIG
+
+    schedule = load_config(DEMO_CONFIG).train.schedule
+    assert schedule.e_cons / schedule.epochs == pytest.approx(0.4) and schedule.e_ramp / schedule.epochs == pytest.approx(0.8)
