@@ -148,8 +148,14 @@ def test_threshold_line_report_via_cli(tmp_path):
 
     missing = CliRunner().invoke(app, ["report", "--sweep", "nope", "--out", str(out), "--mlflow-uri", uri])
     assert missing.exit_code == 2 and "no MLflow sweep run named 'nope'" in missing.output
-    both = CliRunner().invoke(app, ["report", "--out", str(out), "--mlflow-uri", uri])
-    assert both.exit_code == 2
+    neither = CliRunner().invoke(app, ["report", "--out", str(out), "--mlflow-uri", uri])
+    assert neither.exit_code == 2
+    children = [r.info.run_id for r in tracking.client(uri).search_runs(
+        [tracking.client(uri).get_run(parent).info.experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'trial'")]
+    picked = CliRunner().invoke(app, ["report", "--runs", ",".join(children[:2]), "--runs", children[2],
+                                      "--out", str(tmp_path / "picked"), "--mlflow-uri", uri])
+    assert picked.exit_code == 0, picked.output
+    assert "3 runs" in picked.output and "Selected runs" in (tmp_path / "picked" / "report.md").read_text()
 
 
 def test_report_from_explicit_runs(tmp_path):

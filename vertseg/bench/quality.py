@@ -96,7 +96,7 @@ def verdict(outcomes: list[RunOutcome], baseline: str = "fsl", method: str = "pr
 
 
 def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, overrides: list[str],
-           wall_seconds: float) -> str:
+           wall_seconds: float, parallel: int = 1, threads: int = 1) -> str:
     """The benchmarks.md body: headline table, per-seed table, diagnostics and the verdict."""
     rows = []
     fsl_time = mean_std([o.train_seconds for o in outcomes if o.method == "fsl"])[0]
@@ -117,7 +117,8 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         f"`vertseg/resources/demo.yaml` + `{' '.join(overrides)}`. Every method: same epochs, iterations, batch sizes "
         f"and seeds; single-process trainer; checkpoint = best validation epoch; test metrics from `vertseg evaluate` "
         f"(1 mm, VerSe matching). Dice = mean per-vertebra Dice; Acc_ID = paper Eq. 15-17; id-rate = VerSe. "
-        f"Mean ± sample std over seeds. Wall time of the whole benchmark: {wall_seconds / 60:.1f} min."
+        f"Mean ± sample std over seeds. Wall time of the whole benchmark: {wall_seconds / 60:.1f} min ({parallel} runs at "
+        f"a time, {threads} torch thread(s) each; `train time vs fsl` compares runs made side by side)."
     )
     body = [
         setup, "",
@@ -141,53 +142,68 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Path, work: Path, use_gpu: bool,
-            echo: Callable[[str], None]) -> RunOutcome:
-    """Train, predict and evaluate one (method, seed); a finished run's saved outcome is reused."""
+def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Path, work: Path, threads: int) -> RunOutcome:
+    """Train, predict and evaluate one (method, seed) in this process; the outcome is saved for reuse."""
+    import torch
+
     from vertseg.distributed.train import run_training
     from vertseg.steps import evaluate_predictions, predict_folder, split_metrics
 
+    torch.set_num_threads(threads)
     name = f"{method}-seed{seed}"
-    saved = work / "outcomes" / f"{name}.json"
-    if saved.exists():
-        echo(f"{name}: reusing {saved}")
-        return RunOutcome(**json.loads(saved.read_text()))
     config = load_config(RESOURCES / "demo.yaml", overrides + [f"train.method={method}", f"train.seed={seed}",
                                                                f"train.labeled_fraction={LABELED_FRACTION}"])
     runs = work / "runs"
     start = time.perf_counter()
-    result = run_training(config, store, None, num_workers=0, use_gpu=use_gpu, run_name=name, storage_path=runs,
-                          mlflow_uri=None, resume=(runs / name / "checkpoints" / "latest.pt").exists())
+    result = run_training(config, store, None, num_workers=0, use_gpu=torch.cuda.is_available(), run_name=name,
+                          storage_path=runs, mlflow_uri="none", resume=(runs / name / "checkpoints" / "latest.pt").exists())
     train_seconds = time.perf_counter() - start
     pred = work / "predictions" / name
     predict_folder(result.checkpoint_path, [test], pred)
     metrics = split_metrics(evaluate_predictions(pred, [test], pred / "evaluation.json"), "test")
-    if result.mlflow_run_id:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-
-        from vertseg.distributed.tracking import default_tracking_uri
-
-        now = int(time.time() * 1000)
-        MlflowClient(default_tracking_uri(runs)).log_batch(result.mlflow_run_id,
-                                                           metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     outcome = RunOutcome(method, seed, metrics, diagnostics(_history(result.run_dir), config.train.schedule.e_cons),
                          round(train_seconds, 1))
-    atomic_write_json(saved, outcome.__dict__)
-    echo(f"{name}: Dice {100 * metrics.get('test_dice', math.nan):.1f}  Acc_ID {100 * metrics.get('test_id_acc', math.nan):.1f}"
-         f"  id-rate {100 * metrics.get('test_id_rate', math.nan):.1f}  ({train_seconds:.0f} s training)")
+    atomic_write_json(work / "outcomes" / f"{name}.json", outcome.__dict__)
     return outcome
 
 
-def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path,
-                      echo: Callable[[str], None] = print) -> Path:
-    import torch
+def _line(outcome: RunOutcome) -> str:
+    m = outcome.metrics
+    return (f"{outcome.method}-seed{outcome.seed}: Dice {100 * m.get('test_dice', math.nan):.1f}  Acc_ID "
+            f"{100 * m.get('test_id_acc', math.nan):.1f}  id-rate {100 * m.get('test_id_rate', math.nan):.1f}  "
+            f"({outcome.train_seconds:.0f} s training)")
 
+
+def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test: Path, work: Path, parallel: int,
+            threads: int, echo: Callable[[str], None]) -> list[RunOutcome]:
+    """Every (method, seed), `parallel` at a time in separate processes; saved outcomes are reused."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    outcomes: dict[tuple[str, int], RunOutcome] = {}
+    todo = []
+    for method, seed in jobs:
+        saved = work / "outcomes" / f"{method}-seed{seed}.json"
+        if saved.exists():
+            outcomes[(method, seed)] = RunOutcome(**json.loads(saved.read_text()))
+            echo(f"reused  {_line(outcomes[(method, seed)])}")
+        else:
+            todo.append((method, seed))
+    with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, m, s, overrides, store, test, work, threads): (m, s) for m, s in todo}
+        for future in as_completed(futures):
+            outcomes[futures[future]] = future.result()
+            echo(f"done    {_line(outcomes[futures[future]])}")
+    return [outcomes[job] for job in jobs]
+
+
+def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path, parallel: int = 2,
+                      threads: int = 1, echo: Callable[[str], None] = print) -> Path:
+    """Phantoms + store once, then every (method, seed) run; writes the `quality` section of `output`."""
     from vertseg.steps import make_phantom_pools, pool_sources, preprocess_in_process
 
     start = time.perf_counter()
     pools, overrides = (GPU_POOLS, GPU_OVERRIDES) if full else (CPU_POOLS, CPU_OVERRIDES)
-    use_gpu = torch.cuda.is_available()
     work = Path(workdir) / ("full" if full else "cpu")
     config = load_config(RESOURCES / "demo.yaml", overrides)
     store = work / "store.zarr"
@@ -196,9 +212,9 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
         folders = make_phantom_pools(work / "data", pools)
         preprocess_in_process(pool_sources([folders["labeled"]]), store, config)
     test = work / "data" / "test"
-    outcomes = [run_one(method, seed, overrides, store, test, work, use_gpu, echo)
-                for seed in range(seeds) for method in methods]
-    body = render(outcomes, methods, pools, overrides, time.perf_counter() - start)
+    jobs = [(method, seed) for seed in range(seeds) for method in methods]
+    outcomes = run_all(jobs, overrides, store, test, work, parallel, threads, echo)
+    body = render(outcomes, methods, pools, overrides, time.perf_counter() - start, parallel, threads)
     command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (
         f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "")
     return write_section("quality", "Model quality at 25% labels on phantoms: fsl vs proposed", command, body, output)

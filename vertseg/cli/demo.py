@@ -35,6 +35,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         methods: str = typer.Option("fsl,proposed", "--methods", help="Comma-separated train.method values."),
         workdir: Path = typer.Option(Path(".bench/quality"), "--workdir", help="Phantoms, store, runs (resumable)."),
         output: Path = typer.Option(Path("docs/benchmarks.md"), "--output", help="Benchmarks file to update."),
+        parallel: int = typer.Option(2, "--parallel", min=1, help="Runs trained at once (separate processes)."),
+        threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per run (1 avoids oversubscribing CPUs)."),
     ) -> None:
         """fsl vs proposed (and any SSL baseline) at 25% labels on held-out phantoms: Dice, Acc_ID and VerSe id-rate,
         mean ± std over seeds, with the consistency diagnostics; writes the `quality` section of docs/benchmarks.md."""
@@ -47,5 +49,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         unknown = [m for m in chosen if m not in get_args(Method)]
         if unknown or not chosen:
             raise fail(f"--methods takes {', '.join(get_args(Method))}; unknown: {', '.join(unknown) or '(none given)'}")
-        path = run_quality_bench(chosen, seeds, full, workdir, output, echo=lambda line: console.print(line, highlight=False))
+        path = run_quality_bench(chosen, seeds, full, workdir, output, parallel, threads, echo=lambda line: console.print(line, highlight=False))
         console.print(f"wrote section 'quality' of {path}", highlight=False)

@@ -117,9 +117,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             if not follow:
                 if not path.exists():
                     raise fail(f"job {job_id} has no log yet at {path} (still pending?)", code=1)
-                typer.echo(path.read_text(errors="replace"), nl=False)
+                sys.stdout.write(path.read_text(errors="replace"))  # verbatim: typer.echo would strip colours
                 return
             for chunk in slurm.follow(path, job_id):
-                typer.echo(chunk, nl=False)
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
         except slurm.SlurmError as error:
             raise fail(str(error), code=1) from None

@@ -12,7 +12,9 @@ from vertseg.cli.common import console, fail
 def report(
     out: Path = typer.Option(..., "--out", help="Folder for report.md, report.html, summary.json and figures/."),
     sweep: str = typer.Option(None, "--sweep", help="Sweep name (the newest sweep run of that name)."),
-    runs: list[str] = typer.Option(None, "--runs", help="MLflow run ids (a sweep parent stands for its trials)."),
+    runs: list[str] = typer.Option(
+        None, "--runs", help="MLflow run ids, repeated or comma-separated (a sweep parent stands for its trials)."
+    ),
     mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Tracking URI; default sqlite:///runs/mlflow.db."),
     split: str = typer.Option("val", "--split", help="Metric prefix of the headline numbers, e.g. val or test."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report back to the sweep's parent MLflow run."),
@@ -26,7 +28,8 @@ def report(
 
     uri = mlflow_uri or default_tracking_uri(Path("runs"))
     try:
-        source = from_sweep(client(uri), sweep) if sweep else from_runs(client(uri), list(runs))
+        ids = [run_id.strip() for item in runs or [] for run_id in item.split(",") if run_id.strip()]
+        source = from_sweep(client(uri), sweep) if sweep else from_runs(client(uri), ids)
     except ReportError as error:
         raise fail(f"{error} (tracking URI {uri})") from None
     built, figs = build_report(source, split, uri)

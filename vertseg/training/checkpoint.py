@@ -48,11 +48,11 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded with map_location="cuda" moved these too
+    generator.set_state(state["generator"].cpu())
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
