@@ -147,3 +147,13 @@ def test_run_sweep_refuses_bad_store_and_missing_state_before_writing(tmp_path):
     with pytest.raises(SweepError, match="nothing to resume"):
         run_sweep(plan, root=tmp_path / "runs", resume=True)
     assert not (tmp_path / "runs").exists()  # no MLflow parent, no state: a corrected rerun starts cleanly
+
+
+def test_store_options_replace_the_sweep_files_stores(tmp_path):
+    (tmp_path / "base.yaml").write_text("{}\n")
+    path = _write(tmp_path, GOOD.replace("{store: s.zarr}", "{store: s.zarr, unlabeled: u.zarr}"))
+    assert plan_sweep(path, check_stores=False).sweep.data.unlabeled == Path("u.zarr")
+    swapped = plan_sweep(path, store=Path("p.zarr"), check_stores=False).sweep.data
+    assert (swapped.store, swapped.unlabeled) == (Path("p.zarr"), None)
+    both = plan_sweep(path, unlabeled=Path("v.zarr"), check_stores=False).sweep.data
+    assert (both.store, both.unlabeled) == (Path("s.zarr"), Path("v.zarr"))

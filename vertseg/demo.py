@@ -246,21 +246,21 @@ def _ensure_ray(workers: int) -> bool:
     return True
 
 
-def run_demo(out: Path, fresh: bool = False, quick: bool = False, workers: int = 2,
-             console: Console | None = None) -> dict[str, dict[str, Any]]:
+def run_demo(out: Path, fresh: bool = False, quick: bool = False, workers: int = 2) -> dict[str, dict[str, Any]]:
     """Run (or resume) every stage; returns each stage's marker payload (with its `seconds`)."""
     out = Path(out).resolve()
-    console = console or Console(stderr=True)
     prepare_out(out, fresh)
     config = load_config(DEMO_CONFIG, QUICK_OVERRIDES if quick else [])
     ctx = DemoContext(out, config, QUICK if quick else FULL, workers)
     ray_started = False
     redo = False
     columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}", table_column=Column(width=10, no_wrap=True)),
-               BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")))
+               BarColumn(bar_width=16), MofNCompleteColumn(table_column=Column(width=5, no_wrap=True)),
+               TimeElapsedColumn(table_column=Column(width=7, no_wrap=True)),
+               TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")))
+    terminal = open(os.dup(2), "w", buffering=1)  # progress keeps the real stderr while stages write to their logs
     try:
-        with Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False) as progress:
+        with Progress(*columns, console=Console(file=terminal), redirect_stdout=False, redirect_stderr=False) as progress:
             for stage in STAGES:
                 marker = _marker(out, stage)
                 if marker.exists() and not redo:
@@ -293,6 +293,7 @@ def run_demo(out: Path, fresh: bool = False, quick: bool = False, workers: int =
                 ctx.results[stage] = payload
                 progress.update(task, total=1, completed=1)
     finally:
+        terminal.close()
         if ray_started:
             import ray
 

@@ -83,7 +83,7 @@ def augmentation_rate(overrides: list[str], seconds: float = 5.0) -> float:
     from vertseg.training.trainer import Trainer
 
     config = build_config({}, overrides + ["train.method=proposed"])
-    trainer = Trainer(config)
+    trainer = Trainer(config, torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # views are built there
     trainer.epoch = config.train.schedule.e_ramp
     shape = tuple(config.data.patch_size)
     bl, bu = config.train.optim.labeled_batch_size, config.train.optim.unlabeled_batch_size
@@ -123,7 +123,7 @@ def run_train_bench(quick: bool = False, steps: int | None = None) -> Any:
         markdown_table(["method", "step (s)", "step vs fsl", "peak memory (MB)", "memory vs fsl"], rows),
         f"`proposed` step time is {ratio:.2f}x `fsl` (target <= 2.2x): "
         + ("**met**." if ratio <= 2.2 else "**not met**."),
-        f"Augmentation (training views, on the {device.lower()}): {aug:.1f} patches/s; `proposed` consumes "
+        f"Augmentation (training views, on the {'GPU' if device == 'CUDA' else 'CPU'}): {aug:.1f} patches/s; `proposed` consumes "
         f"{need:.1f} patches/s, so augmentation runs at {aug / need:.1f}x the rate training needs.",
     ])
     key, title = ("train-cuda", "Training step cost per method (GPU)") if device == "CUDA" else ("train", "Training step cost per method (CPU)")

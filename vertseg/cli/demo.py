@@ -22,7 +22,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from vertseg.demo import DemoError, run_demo, summary_lines
 
         try:
-            results = run_demo(out, fresh=fresh, quick=quick, workers=workers, console=console)
+            results = run_demo(out, fresh=fresh, quick=quick, workers=workers)
         except DemoError as error:
             raise fail(str(error), code=1) from None
         for line in summary_lines(out, results):

@@ -53,6 +53,6 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -137,7 +137,7 @@ class Sweep(BaseModel):
 
 
 def _to_override(key: str, value: Any) -> str:
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+    return f"{key}={_format_value(value)}"
 
 
 def _slug(text: str) -> str:
@@ -251,9 +251,11 @@ def plan_sweep(
     """Load, expand and validate every trial's config (and that the stores exist) before anything starts."""
     path = Path(path)
     sweep = load_sweep(path)
-    if store is not None or unlabeled is not None:
-        # The two stores go together: another labeled store drops the file's unlabeled one unless one is given.
-        update = {"store": store or sweep.data.store, "unlabeled": unlabeled if store is not None else unlabeled or sweep.data.unlabeled}
+    # The two stores go together: another labeled store drops the file's unlabeled one unless one is given.
+    update = {"store": store, "unlabeled": unlabeled} if store is not None else {}
+    if unlabeled is not None:
+        update["unlabeled"] = unlabeled
+    if update:
         sweep = sweep.model_copy(update={"data": sweep.data.model_copy(update=update)})
     raw = base_raw(sweep, path.parent)
     try:
