@@ -1,4 +1,4 @@
-"""Reports from MLflow runs written with the real MLflow client (SQLite store in tmp_path)."""
+"""Reports from MLflow runs written with the real MLflow client (a SQLite store per module)."""
 
 from __future__ import annotations
 
@@ -66,14 +66,20 @@ def test_variants_follow_numeric_axis_and_regions_found():
     assert region_splits(records) == ["test", "ctspine1k_test"]
 
 
-def _seed_sweep(tmp_path: Path, text: str, metrics_of) -> tuple[str, str]:
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    """One MLflow SQLite store for the module (creating one costs seconds); each test seeds its own sweep."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+def _seed_sweep(db: Path, tmp_path: Path, text: str, metrics_of) -> tuple[str, str]:
     """A parent run and one finished, annotated child per trial, as `vertseg tune` leaves them."""
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(text)
     plan = plan_sweep(sweep_file, check_stores=False)
-    uri = tracking.default_tracking_uri(tmp_path)
+    uri = tracking.default_tracking_uri(db)
     mlflow = tracking.client(uri)
-    experiment = tracking.ensure_experiment(mlflow, "sweeps", tmp_path / "artifacts")
+    experiment = tracking.ensure_experiment(mlflow, tracking.EXPERIMENT, db / "artifacts")
     provenance = {"data.store": "nowhere.zarr", "data.store_fingerprint": "abc123", "data.eval_split": "validation"}
     parent = tracking.start_parent(mlflow, experiment, plan, provenance)
     for trial in plan.trials:
@@ -87,7 +93,7 @@ def _seed_sweep(tmp_path: Path, text: str, metrics_of) -> tuple[str, str]:
     return uri, parent
 
 
-def test_cbam_report_from_mlflow(tmp_path):
+def test_cbam_report_from_mlflow(db, tmp_path):
     from vertseg.reporting.collect import from_sweep
     from vertseg.reporting.render import build_report, log_to_parent, write_report
 
@@ -100,7 +106,7 @@ def test_cbam_report_from_mlflow(tmp_path):
         levels = {f"val_dice_{level}": 0.85 + 0.005 * i + 0.01 * trial.seed for i, level in enumerate(LEVELS)}
         return base | regions | levels
 
-    uri, parent = _seed_sweep(tmp_path, CBAM_SWEEP, metrics)
+    uri, parent = _seed_sweep(db, tmp_path, CBAM_SWEEP, metrics)
     source = from_sweep(tracking.client(uri), "cbam_placement")
     assert source.parent_run_id == parent and len(source.records) == 4
     rows = comparison_rows(source.records, "val")
@@ -127,14 +133,14 @@ def test_cbam_report_from_mlflow(tmp_path):
     assert {"report/report.html", "report/report.md", "report/figures"} <= logged
 
 
-def test_threshold_line_report_via_cli(tmp_path):
+def test_threshold_line_report_via_cli(db, tmp_path):
     from typer.testing import CliRunner
 
     from vertseg.cli.main import app
 
     peak = {0.5: 0.890, 0.7: 0.905, 0.9: 0.916}
     uri, parent = _seed_sweep(
-        tmp_path, THRESHOLD_SWEEP,
+        db, tmp_path, THRESHOLD_SWEEP,
         lambda t: {"best_val_dice": peak[t.x] + 0.001 * t.seed, "val_dice": 0.1, "best_val_id_acc": 0.95 + t.x / 50},
     )
     out = tmp_path / "threshold-report"
@@ -151,17 +157,18 @@ def test_threshold_line_report_via_cli(tmp_path):
     neither = CliRunner().invoke(app, ["report", "--out", str(out), "--mlflow-uri", uri])
     assert neither.exit_code == 2
     children = [r.info.run_id for r in tracking.client(uri).search_runs(
-        [tracking.client(uri).get_run(parent).info.experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'trial'")]
+        [tracking.client(uri).get_run(parent).info.experiment_id], f"tags.`{tracking.TAG_PARENT}` = '{parent}'")]
     picked = CliRunner().invoke(app, ["report", "--runs", ",".join(children[:2]), "--runs", children[2],
                                       "--out", str(tmp_path / "picked"), "--mlflow-uri", uri])
     assert picked.exit_code == 0, picked.output
     assert "3 runs" in picked.output and "Selected runs" in (tmp_path / "picked" / "report.md").read_text()
 
 
-def test_report_from_explicit_runs(tmp_path):
+def test_report_from_explicit_runs(db, tmp_path):
     from vertseg.reporting.collect import ReportError, from_runs
 
-    uri, parent = _seed_sweep(tmp_path, CBAM_SWEEP, lambda t: {"val_dice": 0.9, "val_id_acc": 0.95})
+    text = CBAM_SWEEP.replace("name: cbam_placement", "name: cbam_copy")
+    uri, parent = _seed_sweep(db, tmp_path, text, lambda t: {"val_dice": 0.9, "val_id_acc": 0.95})
     mlflow = tracking.client(uri)
     source = from_runs(mlflow, [parent])
     assert len(source.records) == 4 and source.params["data.store_fingerprint"] == "abc123"

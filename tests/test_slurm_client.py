@@ -86,3 +86,18 @@ def test_jobs_without_slurm_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     result = CliRunner().invoke(app, ["jobs"])
     assert result.exit_code == 1 and "squeue not found" in result.output
+
+
+def test_bench_reads_the_job_milestones_from_the_log():
+    import datetime as dt
+
+    from vertseg.bench.slurm import _log_times
+
+    text = ("vertseg[5.0 10:00:01.250]: nodes vm; Ray head 1.2.3.4:20000\nnoise\n"
+            "vertseg[5.0 10:00:09.000]: all 1 node(s) joined\nvertseg[5.0 10:00:09.100]: running: x\n"
+            "vertseg[5.0 10:00:20.500]: command exited with status 0\nvertseg[5.0 10:00:21.000]: Ray stopped\n")
+    marks = _log_times(text, dt.date(2026, 1, 2))
+    assert marks["joined"] - marks["start"] == pytest.approx(7.75)
+    assert marks["stopped"] - marks["exited"] == pytest.approx(0.5)
+    with pytest.raises(RuntimeError, match="milestones"):
+        _log_times(text.split("noise")[0], dt.date(2026, 1, 2))

@@ -99,7 +99,7 @@ def assert_clean_teardown(job_id: str) -> None:
     text = log_of(job_id)
     assert "all 1 node(s) joined" in text and "stopping Ray" in text
     assert not Path(f"/tmp/ray_{job_id}").exists()
-    leftovers = subprocess.run(["pgrep", "-f", f"/tmp/ray_{job_id}"], capture_output=True, text=True).stdout.split()
+    leftovers = subprocess.run(["pgrep", "-f", f"/tmp/ray_{job_id}(/| |$)"], capture_output=True, text=True).stdout.split()
     assert leftovers == []
 
 
@@ -134,12 +134,16 @@ def test_scancel_of_a_running_training_leaves_a_checkpoint_it_resumes_from(works
     job = submit(workspace, "vs-cancel", ["train", "--store", "store.zarr", "--cpu-workers", "1", "--out", "runs",
                                           *sets(long_run)])
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not list(run_dir.glob("checkpoint_*/checkpoint.pt")):
+    while not (run_dir / "checkpoint_manager_snapshot.json").exists():  # Ray Train has registered a checkpoint
         assert time.monotonic() < deadline and slurm.job_state(job) in slurm.ACTIVE_STATES, log_of(job)
         time.sleep(1)
     subprocess.run(["scancel", job], check=True, timeout=30)
     assert wait(job, 120) == "CANCELLED"
-    assert not Path(f"/tmp/ray_{job}").exists()
+    for _ in range(30):  # the job tears Ray down within Slurm's KillWait (5 s here)
+        if not Path(f"/tmp/ray_{job}").exists():
+            break
+        time.sleep(0.5)
+    assert_clean_teardown(job)
 
     epochs = {int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
               for path in run_dir.glob("checkpoint_*/checkpoint.pt")}

@@ -26,9 +26,10 @@ while [[ $1 == -* ]]; do shift; done
 exec "$@"
 """,
     "scontrol": """#!/usr/bin/env bash
-case $1 in
-  show) printf '%s\\n' $FAKE_NODES ;;
-  requeue) echo "$2" >> "$REC/requeue" ;;
+case "$1 $2" in
+  "show hostnames") printf '%s\\n' $FAKE_NODES ;;
+  "show config") echo "KillWait                = 5 sec" ;;
+  requeue*) echo "$2" >> "$REC/requeue" ;;
 esac
 """,
     "ray": """#!/usr/bin/env bash
@@ -40,8 +41,8 @@ exec sleep 300
 if [[ $1 == - ]]; then cat > /dev/null; echo "$3" > "$REC/wait"; [[ $FAKE_CMD == ray-dies ]] && exec sleep 30; exit 0; fi
 printf '%s\\0' "$0" "$@" > "$REC/argv"
 echo "$RAY_ADDRESS $RAY_AUTH_MODE ${#RAY_AUTH_TOKEN}" > "$REC/env"
-if [[ $FAKE_CMD == run ]]; then
-  trap 'echo term > "$REC/term"; exit 143' TERM
+if [[ $FAKE_CMD == run || $FAKE_CMD == stubborn ]]; then
+  if [[ $FAKE_CMD == run ]]; then trap 'echo term > "$REC/term"; exit 143' TERM; else trap 'echo term > "$REC/term"' TERM; fi
   touch "$REC/started"
   for _ in $(seq 300); do sleep 0.1; done
 fi
@@ -84,6 +85,14 @@ def run_job(tmp_path: Path, stubs: Path, script: Path, nodes: list[str], restart
     }
     return subprocess.Popen(["bash", str(script)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def wait_started(tmp_path: Path) -> None:
+    for _ in range(300):
+        if (tmp_path / "rec" / "started").exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError("the command never started")
 
 
 def rec(tmp_path: Path, name: str) -> str:
@@ -156,10 +165,7 @@ def test_requeued_training_resumes_the_same_run(tmp_path, stubs):
 def test_warning_signal_stops_the_command_then_requeues(tmp_path, stubs):
     script = render_to(tmp_path, options(tmp_path), Command("train", ("--store", "s.zarr"), str(stubs / "python")))
     job = run_job(tmp_path, stubs, script, ["n1"], mode="run")
-    for _ in range(300):
-        if (tmp_path / "rec" / "started").exists():
-            break
-        time.sleep(0.1)
+    wait_started(tmp_path)
     job.send_signal(signal.SIGUSR1)
     out, _ = job.communicate(timeout=60)
     assert rec(tmp_path, "term") == "term\n", out
@@ -168,17 +174,36 @@ def test_warning_signal_stops_the_command_then_requeues(tmp_path, stubs):
     assert job.returncode == 143
 
 
+def test_warning_signal_without_requeue_only_stops_the_command(tmp_path, stubs):
+    opts = options(tmp_path, requeue=False)
+    script = render_to(tmp_path, opts, Command("train", (), str(stubs / "python")))
+    assert "--no-requeue" in directives(script.read_text())
+    job = run_job(tmp_path, stubs, script, ["n1"], mode="run")
+    wait_started(tmp_path)
+    job.send_signal(signal.SIGUSR1)
+    out, _ = job.communicate(timeout=60)
+    assert rec(tmp_path, "term") == "term\n" and rec(tmp_path, "requeue") == "", out
+
+
 def test_scancel_term_stops_the_command_without_requeue(tmp_path, stubs):
     script = render_to(tmp_path, options(tmp_path), Command("tune", ("--sweep", "s.yaml"), str(stubs / "python")))
     job = run_job(tmp_path, stubs, script, ["n1"], mode="run")
-    for _ in range(300):
-        if (tmp_path / "rec" / "started").exists():
-            break
-        time.sleep(0.1)
+    wait_started(tmp_path)
     job.send_signal(signal.SIGTERM)
     out, _ = job.communicate(timeout=60)
     assert rec(tmp_path, "term") == "term\n" and rec(tmp_path, "requeue") == ""
     assert "stopping Ray" in out
+
+
+def test_a_command_that_ignores_sigterm_is_killed_before_slurms_kill_wait(tmp_path, stubs):
+    script = render_to(tmp_path, options(tmp_path), Command("train", (), str(stubs / "python")))
+    job = run_job(tmp_path, stubs, script, ["n1"], mode="stubborn")
+    wait_started(tmp_path)
+    start = time.monotonic()
+    job.send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=60)
+    assert "killed after 2 s" in out and "stopping Ray" in out
+    assert time.monotonic() - start < 5  # KillWait = 5 s in the stub's config
 
 
 def test_hostile_arguments_reach_the_command_unchanged(tmp_path, stubs):

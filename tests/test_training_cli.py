@@ -11,7 +11,8 @@ from training_phantoms import TINY, make_store
 from vertseg.cli.main import app
 
 SETS = TINY + ["train.method=proposed", "train.loader_workers=0", "train.validate_every=1", "train.schedule.epochs=2",
-               "train.schedule.iterations_per_epoch=2", "train.schedule.e_cons=1", "train.schedule.e_ramp=2"]
+               "train.schedule.iterations_per_epoch=2", "train.schedule.e_cons=0", "train.schedule.e_ramp=1",
+               "train.log_every_steps=1"]
 
 
 def _args(store, out, *extra):
@@ -37,6 +38,7 @@ def test_single_process_training_writes_checkpoints_metrics_and_mlflow(tmp_path)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("vertseg").experiment_id])[0]
     assert run.data.params["train.method"] == "proposed" and "val_dice" in run.data.metrics
+    assert "pass_seg" in history[1] and "step/pass_seg" in run.data.metrics  # consistency on in epoch 2, per step
     again = CliRunner().invoke(app, _args(store, tmp_path / "runs", "--name", "local"))
     assert again.exit_code == 2 and "--resume" in again.output
 

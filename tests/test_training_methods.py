@@ -59,8 +59,8 @@ def test_teacher_reinitialised_at_end_of_warm_up():
     trainer = Trainer(config)
     batches = iter([phantom_batch(i) for i in range(3)])
     trainer.train_epoch(batches)
-    student_sum = sum(float(v.double().sum()) for v in trainer.bundle.members[0].state_dict().values())
-    assert abs(trainer.teacher.checksum() - student_sum) > 0  # EMA lags the student during warm-up
+    student = trainer.bundle.members[0].state_dict()
+    assert any(not torch.equal(trainer.teacher.state_dict()[k], v) for k, v in student.items())  # EMA lags in warm-up
     trainer.begin_epoch()  # epoch == E_cons
     for key, value in trainer.bundle.members[0].state_dict().items():
         assert torch.equal(trainer.teacher.state_dict()[key], value), key

@@ -117,7 +117,10 @@ def test_two_trial_smoke_sweep_with_run_training_is_tracked_and_reported(ray_clu
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_retraining_finished_trials(ray_cluster, store, tmp_path):
-    """`vertseg tune` is SIGKILLed after its first trial; `--resume` finishes the sweep under the same parent."""
+    """`vertseg tune` is SIGKILLed after its first trial; `--resume` finishes the sweep under the same parent,
+    retrying the remaining trial after an injected failure."""
+    from tune_helpers import FAIL_ONCE_FILE
+
     sweep_file = _sweep_file(tmp_path, store, workers=1)
     uri = tracking.default_tracking_uri(tmp_path / "runs")
     command = [sys.executable, "-m", "vertseg", "tune", str(sweep_file), "--smoke", "--max-concurrent", "1",
@@ -146,8 +149,12 @@ def test_killed_sweep_resumes_without_retraining_finished_trials(ray_cluster, st
 
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert "already holds a sweep" in " ".join(again.stderr.split()) and again.returncode == 2
+    request = tmp_path / "runs/sweeps/tau/train" / FAIL_ONCE_FILE
+    request.parent.mkdir(parents=True, exist_ok=True)
+    request.touch()
     resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not request.exists()  # the unfinished trial failed once on resume, and Tune retried it
     assert "2 trials finished, 0 failed" in " ".join(resumed.stderr.split())
     runs = _trial_runs(uri, parent)
     tagged = [r for r in runs if tracking.TAG_TRIAL in r.data.tags]

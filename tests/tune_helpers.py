@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+FAIL_ONCE_FILE = "FAIL_ONCE"  # in storage_path: the next trial to start deletes it and fails (Tune must retry)
+
 
 @dataclass(frozen=True)
 class StandInResult:
@@ -42,15 +44,16 @@ def _loop(cfg: dict) -> None:
         start = state["epoch"] + 1
     rank = ray.train.get_context().get_world_rank()
     run = None
-    if rank == 0:
-        mlflow.set_tracking_uri(cfg["mlflow_uri"])
-        client = mlflow.MlflowClient()
-        parent = client.get_run(cfg["parent"])
-        run = client.create_run(parent.info.experiment_id, run_name=cfg["run_name"],
-                                tags={"mlflow.parentRunId": cfg["parent"]})
-        client.log_param(run.info.run_id, "train.seed", cfg["seed"])
+    if rank == 0:  # like run_training: re-attach the run of that name (a resumed trial continues its MLflow run)
+        client = mlflow.MlflowClient(cfg["mlflow_uri"])
+        experiment = client.get_run(cfg["parent"]).info.experiment_id
+        found = client.search_runs([experiment], filter_string=f"tags.`mlflow.runName` = '{cfg['run_name']}'")
+        run = found[0] if found else client.create_run(experiment, run_name=cfg["run_name"],
+                                                       tags={"mlflow.parentRunId": cfg["parent"]})
+        if not found:
+            client.log_param(run.info.run_id, "train.seed", cfg["seed"])
     x = torch.randn(16, 4)
-    for epoch in range(start, cfg["epochs"]):
+    for epoch in range(min(start, cfg["epochs"] - 1), cfg["epochs"]):  # a finished run reports its last epoch again
         loss = (model(x) - x.sum(dim=1, keepdim=True)).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -75,6 +78,10 @@ def train(config, store, unlabeled, *, num_workers, use_gpu, run_name, storage_p
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    request = Path(storage_path) / FAIL_ONCE_FILE
+    if request.exists():  # a file, not an env var: trials run in Ray workers that do not see the driver's env
+        request.unlink()
+        raise RuntimeError("injected trial failure")
     seed = config.train.seed
     loop_config = {
         "seed": seed,

@@ -126,7 +126,7 @@ def stage_data(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     advance(0, total, "writing phantoms")
     folders = make_phantom_pools(ctx.out / "data", ctx.pools)
     advance(total, total, f"{total} phantoms")
-    return {"folders": {k: str(v) for k, v in folders.items()}, "token": secrets.token_hex(3)}
+    return {"folders": {k: str(v) for k, v in folders.items()}, "token": secrets.token_hex(3), "pools": ctx.pools.__dict__}
 
 
 def stage_preprocess(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
@@ -263,8 +263,11 @@ def run_demo(out: Path, fresh: bool = False, quick: bool = False, workers: int =
         with Progress(*columns, console=Console(file=terminal), redirect_stdout=False, redirect_stderr=False) as progress:
             for stage in STAGES:
                 marker = _marker(out, stage)
-                if marker.exists() and not redo:
-                    ctx.results[stage] = json.loads(marker.read_text())
+                saved = json.loads(marker.read_text()) if marker.exists() else None
+                if stage == "data" and saved is not None and saved.get("pools") != ctx.pools.__dict__:
+                    saved = None  # --quick and the full demo use different phantoms: start over
+                if saved is not None and not redo:
+                    ctx.results[stage] = saved
                     progress.add_task("reused (--fresh to redo)", stage=stage, total=1, completed=1)
                     continue
                 redo = True

@@ -42,7 +42,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         qos: Optional[str] = typer.Option(None),
         constraint: Optional[str] = typer.Option(None),
         signal: int = typer.Option(300, help="Seconds before the time limit to checkpoint and requeue (0: off)."),
-        requeue: bool = typer.Option(True, help="Requeue on the warning signal and let Slurm requeue on failure."),
+        requeue: bool = typer.Option(True, help="Requeue after the warning signal (and on node failure or preemption)."),
         node_wait: int = typer.Option(300, help="Seconds to wait for every node to join the Ray cluster."),
         sbatch_arg: Optional[list[str]] = typer.Option(None, help="Extra sbatch option, e.g. --sbatch-arg=--exclusive."),
         job_name: Optional[str] = typer.Option(None, help="Job name (and training run name); default vs-CMD-TIME."),
@@ -80,6 +80,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         typer.echo(f"  log:    {record.log}")
         typer.echo(f"  script: {record.script}")
         typer.echo(f"  follow: vertseg logs {record.job_id} --follow")
+
+    @bench_app.command("slurm")
+    def bench_slurm(
+        cases: int = typer.Option(2, min=1, help="Phantom scans to preprocess."),
+        cpus: int = typer.Option(2, min=1, help="--cpus-per-task of the job."),
+    ) -> None:
+        """Overhead of a Slurm job (queue, Ray start-up, teardown) relative to running the command directly."""
+        from vertseg.bench.slurm import run_slurm_bench
+        from vertseg.launch.slurm import SlurmError
+
+        try:
+            path = run_slurm_bench(cases=cases, cpus=cpus)
+        except SlurmError as error:
+            raise fail(f"{error} (start one with slurm/local-slurm.sh)", code=1) from None
+        console.print(f"wrote {path}", highlight=False)
 
     @app.command()
     def jobs() -> None:

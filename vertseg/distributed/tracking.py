@@ -12,6 +12,11 @@ from typing import Any
 
 EXPERIMENT = "vertseg"
 RUN_NAME_TAG = "vertseg.run_name"
+STEP_KEYS = ("loss", "lr", "lambda_cons", "pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls")  # logged per step
+
+
+def step_metrics(logs: dict[str, float]) -> dict[str, float]:
+    return {f"step/{k}": logs[k] for k in STEP_KEYS if k in logs}
 
 
 def default_tracking_uri(runs_dir: Path) -> str:

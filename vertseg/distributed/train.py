@@ -159,7 +159,7 @@ def _result(run_dir: Path, latest: str | None, last_metrics: dict[str, Any] | No
 
 def _run_local(config, store, unlabeled, run_name, run_dir, uri, artifacts, parent, resume) -> TrainingResult:
     """The single-process path, with the same MLflow logging as rank 0 of a Ray run."""
-    from vertseg.distributed.tracking import Tracker
+    from vertseg.distributed.tracking import Tracker, step_metrics
     from vertseg.distributed.worker import store_fingerprint
     from vertseg.training.runner import train_local
 
@@ -169,8 +169,13 @@ def _run_local(config, store, unlabeled, run_name, run_dir, uri, artifacts, pare
                                                                       "unlabeled": str(unlabeled) if unlabeled else None,
                                                                       "store_fingerprint": store_fingerprint(store)}})
     log_metrics = (lambda result, paths: tracker.log_metrics(result.metrics, result.epoch)) if tracker else None
+
+    def log_step(step: int, logs: dict[str, float]) -> None:
+        if step % config.train.log_every_steps == 0:
+            tracker.log_metrics(step_metrics(logs), step=step)
+
     outcome = train_local(config, store, unlabeled, run_dir, resume=resume, loader_workers=config.train.loader_workers,
-                          on_epoch=log_metrics)
+                          on_epoch=log_metrics, on_step=log_step if tracker else None)
     if tracker is not None:
         tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(outcome["best_checkpoint"], "best")

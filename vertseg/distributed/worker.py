@@ -80,7 +80,7 @@ def train_worker(loop: dict[str, Any]) -> None:
 
     tracker = None
     if rank == 0 and loop["mlflow_uri"]:
-        from vertseg.distributed.tracking import Tracker
+        from vertseg.distributed.tracking import Tracker, step_metrics
 
         tracker = Tracker(loop["mlflow_uri"], loop["artifact_location"], loop["run_name"], loop["mlflow_parent_run_id"])
         tracker.log_params({**loop["config"], "run": {"world_size": world, "store": loop["store"],
@@ -93,6 +93,8 @@ def train_worker(loop: dict[str, Any]) -> None:
     fail_marker = run_dir / ".injected_failure_done"
 
     def on_step(logs: dict[str, float]) -> None:
+        if tracker is not None and trainer.step % config.train.log_every_steps == 0:
+            tracker.log_metrics(step_metrics(logs), step=trainer.step)
         if fail_epoch is not None and trainer.epoch == fail_epoch and rank == world - 1 and not fail_marker.exists():
             fail_marker.touch()
             raise RuntimeError(f"injected worker failure on rank {rank} at epoch {trainer.epoch}, step {trainer.step}")

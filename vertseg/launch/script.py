@@ -151,6 +151,7 @@ def render(options: SlurmOptions, command: Command, workdir: Path) -> str:
         "ray": shlex.quote(ray_executable(command.python)),
         "command": " ".join(shlex.quote(word) for word in command_words(options, command)),
         "resume_on_requeue": "1" if resume else "0",
+        "requeue_on_warning": "1" if options.requeue else "0",
         "num_cpus": str(options.cpus_per_task),
         "num_gpus": str(gpus_per_node(options)),
         "node_wait_s": str(options.node_wait_s),

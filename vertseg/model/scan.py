@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK = 64  # short chunks keep the in-chunk log-decay sums small, so float32 loses no precision
+DEFAULT_CHUNK = 16  # short chunks keep the in-chunk log-decay sums small: no overflow, no precision loss
+_DIRECT_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}  # |in-chunk log-decay| kept below exp's overflow (~88 / ~709)
 SEGMENT_ELEMENTS = 2**24  # state entries (batch x tokens x d_inner x d_state) scanned at once: ~64 MB per float32 temporary
 
 
@@ -54,40 +55,35 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return _finish(torch.stack(ys, dim=-1), u, D, z, out_dtype)
 
 
-def _signed_log(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log of the positive and of the negative part of x; zero parts map to log(tiny), contributing < tiny."""
-    tiny = torch.finfo(x.dtype).tiny
-    return torch.log(x.clamp_min(tiny)), torch.log((-x).clamp_min(tiny))
-
-
 def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk: int) -> torch.Tensor:
     """All states of h_t = exp(log_a_t) * h_{t-1} + b_t along dim 1 of (batch, L, ...) tensors, without a token loop.
 
-    Inside each chunk, with S_t the cumulative sum of log_a (<= 0 for a decaying scan), the state from a zero start
-    is sum_{s<=t} exp(S_t - S_s) b_s, evaluated as exp(S_t + logcumsumexp(log b_s - S_s)) with the positive and
-    negative parts of b kept apart, so nothing overflows; short chunks keep |S| small, so nothing loses precision.
-    The chunk ends form the same recurrence one level up (solved recursively, in float64: it is `chunk` times
-    smaller and its log-decay sums are longer), and each token then adds exp(S_t) times its chunk's start state.
+    Inside each chunk, with S_t the cumulative sum of log_a, the state from a zero start is
+    sum_{s<=t} exp(S_t - S_s) b_s = exp(S_t) * cumsum(exp(-S_s) b_s). The chunk is made short enough that
+    |S| stays below `_DIRECT_LIMIT`, so exp(-S) cannot overflow and no precision is lost; single-step decays are
+    floored at exp(-limit/2) (below float resolution of anything they multiply). The chunk ends form the same
+    recurrence one level up, solved recursively in float64 (it is `chunk` times smaller, its sums longer), and
+    each token then adds exp(S_t) times its chunk's start state.
     """
+    limit = _DIRECT_LIMIT[b.dtype]
+    log_a = log_a.clamp_min(-limit / 2)
+    step = float(log_a.detach().abs().amax()) if log_a.numel() else 0.0
+    width = max(2, min(chunk, log_a.shape[1], int(limit // step) if step > 0 else chunk))
     length = log_a.shape[1]
-    width = min(chunk, length)
     pad = (-length) % width
     if pad:  # log_a = 0 and b = 0: padded steps keep the state, and are cut off below
         log_a = torch.cat([log_a, log_a.new_zeros(log_a.shape[0], pad, *log_a.shape[2:])], dim=1)
         b = torch.cat([b, b.new_zeros(b.shape[0], pad, *b.shape[2:])], dim=1)
     shape = (b.shape[0], (length + pad) // width, width, *b.shape[2:])
     log_decay = torch.cumsum(log_a.reshape(shape), dim=2)
-    log_pos, log_neg = _signed_log(b.reshape(shape))
-    intra = torch.exp(log_decay + torch.logcumsumexp(log_pos - log_decay, dim=2)) - torch.exp(
-        log_decay + torch.logcumsumexp(log_neg - log_decay, dim=2)
-    )
+    intra = torch.exp(log_decay) * torch.cumsum(torch.exp(-log_decay) * b.reshape(shape), dim=2)
     if shape[1] == 1:
         start = h0[:, None]
     else:
         ends = linear_recurrence(log_decay[:, :, -1].double(), intra[:, :, -1].double(), h0.double(), chunk)
         start = torch.cat([h0[:, None], ends[:, :-1].to(h0.dtype)], dim=1)
     states = intra + torch.exp(log_decay) * start[:, :, None]
-    return states.reshape(b.shape[0], length + pad, *b.shape[2:])[:, :length]
+    return states.reshape(shape[0], length + pad, *shape[3:])[:, :length]
 
 
 def _scan_states(u, delta, A, B, C, h0, chunk):
@@ -95,7 +91,8 @@ def _scan_states(u, delta, A, B, C, h0, chunk):
     log_a = (delta[..., None] * A[:, None]).transpose(1, 2)  # (batch, L, dim, n_state)
     b = ((delta * u)[:, :, None] * B[:, None]).permute(0, 3, 1, 2)
     states = linear_recurrence(log_a, b, h0, chunk)
-    return torch.einsum("bldn,bnl->bdl", states, C), states[:, -1]
+    y = torch.matmul(states, C.transpose(1, 2)[..., None])[..., 0]  # (batch, L, dim): one batched matvec
+    return y.transpose(1, 2), states[:, -1]
 
 
 def selective_scan(

@@ -128,3 +128,4 @@ class TrainConfig(BaseModel):
     max_failures: int = Field(3, ge=-1)  # Ray Train worker-group restarts from the latest checkpoint (-1 = unlimited)
     teacher_check_every: int = Field(1, ge=1)  # epochs between cross-rank EMA-teacher checksums
     loader_workers: int = Field(2, ge=0)  # DataLoader processes per training worker
+    log_every_steps: int = Field(10, ge=1)  # per-step tracking (loss, lr, confidence-mask pass fractions)

@@ -60,6 +60,7 @@ def train_local(
     loader_workers: int = 0,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[EpochResult, dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train in this process; returns {"best": metrics, "best_checkpoint": path, "epochs": completed}."""
     run_dir = Path(run_dir)
@@ -101,7 +102,8 @@ def train_local(
 
     stop = StopFlag().install()
     try:
-        fit(trainer, data, on_epoch_end, should_stop=stop)
+        step_hook = (lambda logs: on_step(trainer.step, logs)) if on_step is not None else None
+        fit(trainer, data, on_epoch_end, should_stop=stop, on_step=step_hook)
     finally:
         stop.uninstall()
     return {"best": best, "best_checkpoint": best_path if best_path.exists() else latest, "epochs": trainer.epoch,

@@ -44,7 +44,7 @@ def concurrency_limit(cluster: dict[str, float], workers: int, use_gpu: bool, re
 
 def trial_label(trial: Any) -> str:
     """Tune's name and folder for a trial: the sweep's deterministic trial key instead of a random id."""
-    return trial.config["trial"]["key"]
+    return trial.config["trial"]
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
@@ -127,6 +127,7 @@ def run_sweep(
         workers=workers,
         use_gpu=use_gpu,
         entrypoint=sweep.entrypoint,
+        trials={t.key: t for t in plan.trials},
     )
     # The trial function only drives its TorchTrainer; Train's workers hold the CPUs/GPUs. The trial reserves
     # no CPU (Tune needs a non-empty request, so it books driver memory), and concurrency comes from `limit`.
@@ -139,7 +140,7 @@ def run_sweep(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search([t.model_dump(mode="json") for t in plan.trials])},
+            param_space={"trial": tune.grid_search(keys)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=limit, trial_name_creator=trial_label, trial_dirname_creator=trial_label
             ),
@@ -152,7 +153,7 @@ def run_sweep(
         )
     results = tuner.fit()
     errors = {
-        result.config["trial"]["key"]: f"{type(result.error).__name__}: {result.error}"
+        result.config["trial"]: f"{type(result.error).__name__}: {result.error}"
         for result in results
         if result.error is not None
     }

@@ -28,6 +28,7 @@ class TrialContext:
     workers: int
     use_gpu: bool
     entrypoint: str
+    trials: dict[str, TrialSpec]  # by key: Tune's param space holds only the keys, so its table stays readable
 
 
 def resolve_entrypoint(entrypoint: str) -> Callable[..., Any]:
@@ -61,7 +62,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     """Train one trial (or reuse its finished MLflow run) and report its best metrics to Tune."""
     from ray import tune
 
-    trial = TrialSpec.model_validate(params["trial"])
+    trial = context.trials[params["trial"]]
     name = run_name(context.sweep_name, context.parent_run_id, trial)
     mlflow = tracking.client(context.mlflow_uri)
     done = tracking.finished_child(mlflow, context.parent_run_id, name)
