@@ -84,6 +84,8 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         resume=has_checkpoint(context.storage / name),
         report_to_tune=True,
     )
+    if getattr(result, "interrupted", False):
+        raise RuntimeError(f"trial {trial.key}: training was stopped before its last epoch; resume the sweep")
     if result.mlflow_run_id is None:
         raise RuntimeError(f"trial {trial.key}: the training run logged no MLflow run")
     best = _numeric(dict(result.best_metrics or {}))
