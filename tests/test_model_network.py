@@ -108,3 +108,11 @@ def test_mixed_precision_forward_is_finite():
         out = model(torch.randn(SHAPE))
     assert all(torch.isfinite(s.float()).all() for s in out.seg)
     assert torch.isfinite(out.identification.float()).all()
+
+
+@pytest.mark.parametrize("stages,shape", [(3, (1, 1, 8, 8, 4)), (5, (1, 1, 32, 16, 16))])
+def test_other_depths_keep_the_output_contract(stages, shape):
+    out = _model(num_stages=stages)(torch.randn(shape))
+    z, y, x = shape[2:]
+    assert [tuple(s.shape[2:]) for s in out.seg] == [(z, y, x), (z // 2, y // 2, x // 2), (z // 4, y // 4, x // 4)]
+    assert out.identification.shape == (1, 25, z // 4, y // 4, x // 4)

@@ -103,27 +103,53 @@ def assert_clean_teardown(job_id: str) -> None:
     assert leftovers == []
 
 
-def test_train_job_finishes_with_checkpoints_and_an_mlflow_run(workspace):
+def wait_for_registered_checkpoint(run_dir: Path, job_id: str) -> None:
+    """Until Ray Train has registered a checkpoint (its snapshot names it): the point from which a run resumes."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (run_dir / "checkpoint_manager_snapshot.json").exists():
+        assert time.monotonic() < deadline and slurm.job_state(job_id) in slurm.ACTIVE_STATES, log_of(job_id)
+        time.sleep(1)
+
+
+def test_train_job_checkpoints_on_the_warning_signal_requeues_and_finishes_the_run(workspace):
     import mlflow
     import torch
 
-    job = submit(workspace, "vs-train", ["train", "--store", "store.zarr", "--cpu-workers", "1", "--out", "runs",
-                                         *sets(TINY + ["train.schedule.epochs=2", "train.schedule.iterations_per_epoch=2"])])
-    assert wait(job) == "COMPLETED", log_of(job)
     run_dir = workspace / "runs" / "vs-train"  # the job name is the run name
+    job = submit(workspace, "vs-train", ["train", "--store", "store.zarr", "--cpu-workers", "1", "--out", "runs",
+                                         *sets(TINY + ["train.schedule.epochs=12", "train.schedule.iterations_per_epoch=4"])])
+    wait_for_registered_checkpoint(run_dir, job)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)  # what --signal=B:USR1 sends
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:  # requeued jobs wait for a begin time; make it eligible now
+        fields = slurm.parse_scontrol_job(slurm.run_client(["scontrol", "show", "job", job]))
+        if fields["JobState"] == "PENDING" and fields["Restarts"] == "1":
+            break
+        assert time.monotonic() < deadline and fields["JobState"] in slurm.ACTIVE_STATES, log_of(job)
+        time.sleep(1)
+    slurm.run_client(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+    assert wait(job) == "COMPLETED", log_of(job)
+
+    text = log_of(job)
+    assert "warning signal: stopping the command" in text and f"requeueing job {job}" in text
+    assert "stopped (resume with --resume)" in text
+    assert re.search(r"resumed at epoch [1-9]", text) and "finished after 12 epochs" in text
+    assert "--address auto --name vs-train --resume" in text
     state = torch.load(run_dir / "best" / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert state
+    assert state["epoch"] >= 1
     run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
-    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'runs' / 'mlflow.db'}").get_run(run_id)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workspace / 'runs' / 'mlflow.db'}")
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "val_dice" in run.data.metrics
-    assert "--address auto" in log_of(job) and "finished after 2 epochs" in log_of(job)
+    epochs = [m.step for m in client.get_metric_history(run_id, "val_dice")]
+    assert max(epochs) == 12  # one MLflow run across the requeue
     assert_clean_teardown(job)
 
     listing = subprocess.run([*VERTSEG, "jobs"], capture_output=True, text=True, timeout=120, check=True).stdout
     rows = {line.split("│")[1].strip(): line for line in listing.splitlines() if line.count("│") > 5}
     assert "COMPLETED" in rows[job] and "vs-train" in rows[job]
     shown = subprocess.run([*VERTSEG, "logs", job], capture_output=True, text=True, timeout=120, check=True).stdout
-    assert shown == log_of(job)
+    assert shown == text
 
 
 def test_scancel_of_a_running_training_leaves_a_checkpoint_it_resumes_from(workspace):
@@ -133,10 +159,7 @@ def test_scancel_of_a_running_training_leaves_a_checkpoint_it_resumes_from(works
     long_run = TINY + ["train.schedule.epochs=40", "train.schedule.iterations_per_epoch=4"]
     job = submit(workspace, "vs-cancel", ["train", "--store", "store.zarr", "--cpu-workers", "1", "--out", "runs",
                                           *sets(long_run)])
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not (run_dir / "checkpoint_manager_snapshot.json").exists():  # Ray Train has registered a checkpoint
-        assert time.monotonic() < deadline and slurm.job_state(job) in slurm.ACTIVE_STATES, log_of(job)
-        time.sleep(1)
+    wait_for_registered_checkpoint(run_dir, job)
     subprocess.run(["scancel", job], check=True, timeout=30)
     assert wait(job, 120) == "CANCELLED"
     for _ in range(30):  # the job tears Ray down within Slurm's KillWait (5 s here)

@@ -7,7 +7,6 @@ peak allocated memory of the step (`torch.cuda.max_memory_allocated`).
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
@@ -27,7 +26,7 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn` after one warm-up call."""
+    """Fastest wall time of `fn` after one warm-up call (the minimum is the least disturbed by other load)."""
     fn()
     _sync(device)
     times = []
@@ -36,7 +35,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def step_memory(fn: Callable[[], object], device: torch.device) -> int:
@@ -171,7 +170,7 @@ def run_model_bench(cfg: ModelConfig, quick: bool, command: str) -> str:
     channels = min(cfg.base_width * 2 ** (cfg.num_stages - 1), cfg.max_width)
     tokens = [512, 1024, 2048, 4096] if quick else [512, 1024, 2048, 4096, 8192, 16384]
     patch = (64, 32, 32) if quick else (128, 64, 64)
-    repeats = 2 if quick else 3
+    repeats = 3
     parts = [
         f"### Bottleneck block: Mamba vs Transformer (CPU, {channels} channels, forward+backward, batch 1)\n\n"
         + bottleneck_scaling(cpu, tokens, channels, cfg, repeats)

@@ -16,7 +16,11 @@ def report(
         None, "--runs", help="MLflow run ids, repeated or comma-separated (a sweep parent stands for its trials)."
     ),
     mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="Tracking URI; default sqlite:///runs/mlflow.db."),
-    split: str = typer.Option("val", "--split", help="Metric prefix of the headline numbers, e.g. val or test."),
+    split: str = typer.Option(
+        None, "--split",
+        help="Metric prefix of the headline numbers: test/validation (full-volume held-out evaluation) or val "
+             "(patch-level, during training). Default: the sweep's evaluation split if logged, else test, validation, val.",
+    ),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report back to the sweep's parent MLflow run."),
 ) -> None:
     """Tables (Table 3/4/5 style) and figures (Fig. 2-5 style, per-level Dice) with their provenance."""
@@ -32,6 +36,9 @@ def report(
         source = from_sweep(client(uri), sweep) if sweep else from_runs(client(uri), ids)
     except ReportError as error:
         raise fail(f"{error} (tracking URI {uri})") from None
+    from vertseg.reporting.aggregate import headline_split
+
+    split = split or headline_split(source.records, source.params.get("data.eval_split"))
     built, figs = build_report(source, split, uri)
     paths = write_report(built, figs, out)
     if log and source.parent_run_id:

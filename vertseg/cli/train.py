@@ -23,6 +23,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default sqlite:///RUNS_DIR/mlflow.db; 'none' = off)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run of this name from its latest checkpoint."),
         out: Path = typer.Option(Path("runs"), "--out", help="Runs directory (checkpoints, MLflow database)."),
+        evaluate: str = typer.Option(
+            None, "--evaluate", metavar="SPLIT",
+            help="After training, predict every case of this store split (test, validation; auto = test if present) "
+                 "from the best checkpoint, log full-volume metrics to the MLflow run and print them.",
+        ),
     ) -> None:
         """Train on a store: single process (--cpu-workers 0) or Ray Train DDP on N GPUs / CPU workers."""
         if gpus is not None and cpu_workers is not None:
@@ -52,6 +57,33 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         state = "stopped (resume with --resume)" if result.interrupted else "finished"
         console.print(f"{state} after {result.epochs} epochs; best {result.best_metrics and {k: round(v, 4) for k, v in result.best_metrics.items() if k.startswith('val_')}}; "
                       f"checkpoint {result.checkpoint_path}; MLflow run {result.mlflow_run_id}", highlight=False)
+        if evaluate and not result.interrupted:
+            _evaluate_run(result, store, evaluate, mlflow_uri, out)
+
+    def _evaluate_run(result, store: Path, split: str, mlflow_uri: str | None, out: Path) -> None:
+        """Full-volume held-out metrics of the best checkpoint, logged to the training's MLflow run."""
+        from vertseg.cli.evaluate import _print_summary
+        from vertseg.evaluation.holdout import HoldoutError, default_split, evaluate_checkpoint
+        from vertseg.tuning.holdout import log_holdout
+        from vertseg.tuning.tracking import default_tracking_uri
+
+        if result.checkpoint_path is None:
+            raise fail("--evaluate: the run wrote no checkpoint")
+        split = default_split(store) if split == "auto" else split
+        folder = result.run_dir / "evaluation" / split
+        console.print(f"evaluating {result.checkpoint_path} on the {split!r} cases of {store}", highlight=False)
+        try:
+            held_out = evaluate_checkpoint(result.checkpoint_path, store, split, out_dir=folder)
+        except (HoldoutError, ValueError) as error:
+            raise fail(f"--evaluate: {error}") from None
+        _print_summary(held_out.summary, by_region=True)
+        for case_id, problem in held_out.failed.items():
+            console.print(f"[yellow]failed[/] {case_id}: {problem}", highlight=False)
+        uri = None if mlflow_uri == "none" else (mlflow_uri or default_tracking_uri(out))
+        if uri and result.mlflow_run_id:
+            log_holdout(uri, result.mlflow_run_id, held_out, result.epochs)
+        console.print(f"{len(held_out.cases)} {split} cases -> {folder}; metrics {split}_* in MLflow run "
+                      f"{result.mlflow_run_id}", highlight=False)
 
     @bench_app.command("train")
     def bench_train(

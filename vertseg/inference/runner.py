@@ -10,6 +10,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from vertseg.data.geometry import apply_affine, to_original_grid
 from vertseg.inference.cases import LoadedScan, PredictJob, load_job
 from vertseg.inference.centroids import body_centroids
+from vertseg.inference.localisation import SpineBox
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.qc import write_qc
 from vertseg.inference.writers import vertebrae_on_grid, write_centroids, write_labelmap, write_vertebra_tables
@@ -54,10 +56,20 @@ def case_outputs(out_dir: Path, case_id: str) -> dict[str, Path]:
     }
 
 
-def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer: Timer) -> dict[str, Any]:
-    """Everything after loading for one scan; returns the case record."""
+@dataclass
+class StorePrediction:
+    """A scan's prediction on the store frame, before it is mapped back to the original grid."""
+
+    box: SpineBox
+    labels: np.ndarray  # (z, y, x) uint8 VerSe labelmap of the whole store-frame volume
+    records: list  # decoder instances (postprocess.assign)
+    centroids_zyx: dict[int, np.ndarray]  # VerSe label -> body centroid in store voxels
+    windows: int
+
+
+def predict_store_frame(predictor: Predictor, scan: LoadedScan, timer: Timer) -> StorePrediction:
+    """Localisation, sliding window and post-processing of one scan; reads the image only, never labels."""
     config = predictor.config
-    case_id = scan.job.case_id
     with timer.step("localisation"):
         box = predictor.localise(scan.image, scan.hu)
     with timer.step("sliding_window"):
@@ -67,11 +79,21 @@ def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer:
         roi_labels, records = labelmap_from_predictions(window.fg_prob, window.id_prob, spacing, config)
         canonical = np.zeros(scan.image.shape, dtype=np.uint8)
         canonical[box.slices] = roi_labels
-        original = to_original_grid(canonical, scan.geometry, "nearest", 0.0).astype(np.uint8)
-        confidence = {r.label: r.confidence for r in records if r.label}
         body = body_centroids(roi_labels, window.id_prob, PROTOCOLS[config.data.protocol])
+        centroids = {label: np.asarray(zyx, dtype=np.float64) + np.asarray(box.start) for label, zyx in body.items()}
+    return StorePrediction(box, canonical, records, centroids, window.windows)
+
+
+def write_prediction(predictor: Predictor, scan: LoadedScan, prediction: StorePrediction, out_dir: Path,
+                     timer: Timer) -> dict[str, Any]:
+    """Map a store-frame prediction back to the original grid, write its files; returns the case record."""
+    config = predictor.config
+    case_id, box = scan.job.case_id, prediction.box
+    with timer.step("postprocess"):
+        original = to_original_grid(prediction.labels, scan.geometry, "nearest", 0.0).astype(np.uint8)
+        confidence = {r.label: r.confidence for r in prediction.records if r.label}
         to_lps = scan.geometry.canonical.affine_lps()
-        centroids_lps = {label: apply_affine(to_lps, (zyx + np.asarray(box.start))[None])[0] for label, zyx in body.items()}
+        centroids_lps = {label: apply_affine(to_lps, zyx[None])[0] for label, zyx in prediction.centroids_zyx.items()}
         vertebrae = vertebrae_on_grid(original, scan.reference, confidence, centroids_lps)
     with timer.step("write"):
         paths = case_outputs(out_dir, case_id)
@@ -82,10 +104,10 @@ def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer:
             "input": scan.job.origin,
             "decoder": config.inference.decoder,
             "spine_box": box.to_dict(),
-            "instances": [r.as_dict() for r in records],
+            "instances": [r.as_dict() for r in prediction.records],
         }
         write_vertebra_tables(paths["vertebrae_json"], paths["vertebrae_csv"], vertebrae, extra)
-        write_qc(paths["qc"], scan.image, canonical, predictor.spacing,
+        write_qc(paths["qc"], scan.image, prediction.labels, predictor.spacing,
                  f"{case_id}: {len(vertebrae)} vertebrae ({box.method} localisation)")
     return {
         "case_id": case_id,
@@ -93,9 +115,14 @@ def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer:
         "status": "ok",
         "vertebrae": [v.row()["name"] for v in vertebrae],
         "spine_box": box.to_dict(),
-        "windows": window.windows,
+        "windows": prediction.windows,
         "outputs": {name: str(path) for name, path in paths.items()},
     }
+
+
+def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer: Timer) -> dict[str, Any]:
+    """Everything after loading for one scan; returns the case record."""
+    return write_prediction(predictor, scan, predict_store_frame(predictor, scan, timer), out_dir, timer)
 
 
 def predict_job(predictor: Predictor, job: PredictJob, out_dir: Path) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class DualBranchUNet(nn.Module):
                         self._cbam(widths[i] // 2) if id_cbam else None)
                 for i in reversed(range(ID_RESOLUTION_LEVEL, cfg.num_stages - 1))
             )
-            id_width = widths[ID_RESOLUTION_LEVEL] // 2
+            id_width = widths[ID_RESOLUTION_LEVEL] // 2 if len(self.id_up) else widths[ID_RESOLUTION_LEVEL]
             self.id_out = nn.Sequential(
                 nn.Conv3d(id_width, id_width, 3, padding=1, bias=False),
                 norm3d(id_width),
@@ -108,8 +108,9 @@ class DualBranchUNet(nn.Module):
     def decode(self, features: list[torch.Tensor]) -> SegIdOutput:
         if len(features) != self.cfg.num_stages:
             raise ValueError(f"decode expects {self.cfg.num_stages} feature maps, got {len(features)}")
-        seg: dict[int, torch.Tensor] = {}
         x = features[-1]
+        deepest = self.cfg.num_stages - 1  # with three stages the 1/4 head reads the bottleneck itself
+        seg = {deepest: self.seg_heads[str(deepest)](x)} if str(deepest) in self.seg_heads else {}
         for up, level in zip(self.seg_up, reversed(range(self.cfg.num_stages - 1))):
             x = up(x, features[level])
             if str(level) in self.seg_heads:

@@ -67,7 +67,8 @@ def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, ch
     """
     limit = _DIRECT_LIMIT[b.dtype]
     log_a = log_a.clamp_min(-limit / 2)
-    step = float(log_a.detach().abs().amax()) if log_a.numel() else 0.0
+    known = log_a.numel() and not log_a.is_meta  # meta tensors (FLOP counting) carry no values
+    step = float(log_a.detach().abs().amax()) if known else 0.0
     width = max(2, min(chunk, log_a.shape[1], int(limit // step) if step > 0 else chunk))
     length = log_a.shape[1]
     pad = (-length) % width
@@ -101,8 +102,9 @@ def selective_scan(
 ):
     """Vectorised selective scan (`linear_recurrence` over the (d_inner, d_state) states), then y_t = <C_t, h_t>.
 
-    Long sequences are cut into segments of about `segment_elements` state entries, run one after the other
-    (recomputed in backward via checkpointing), so memory stays bounded at full-resolution placements.
+    Long sequences are cut into segments of about `segment_elements` state entries, run one after the other, and
+    under autograd each segment is checkpointed (its states recomputed in backward, as the fused kernel does), so
+    activation memory is that of the inputs, not of the (L, d_inner, d_state) states.
     Runs in at least float32; autocast is disabled here because the recurrence is unstable in fp16/bf16.
     """
     if chunk < 2:
@@ -115,7 +117,7 @@ def selective_scan(
         per_token = batch * dim * A.shape[1]
         segment = max(chunk, segment_elements // per_token)
         state = u.new_zeros(batch, dim, A.shape[1])
-        checkpointed = torch.is_grad_enabled() and length > segment
+        checkpointed = torch.is_grad_enabled()  # like mamba_ssm's kernel: keep inputs, recompute states in backward
         outputs = []
         for begin in range(0, length, segment):
             part = [t[..., begin : begin + segment] for t in (u, delta, B, C)]

@@ -122,6 +122,13 @@ def comparison_rows(records: Sequence[RunRecord], split: str) -> list[Row]:
     return rows
 
 
+def headline_split(records: Sequence[RunRecord], preferred: str | None = None) -> str:
+    """The split of the headline numbers: `preferred` (the sweep's evaluation split), else the full-volume `test`,
+    then `validation` evaluation, whichever the runs hold; else `val`, the training loop's patch-level monitor."""
+    held = {k.removesuffix("_dice") for r in records for k in normalise_metrics(r.metrics) if k.endswith("_dice")}
+    return next((split for split in (preferred, "test", "validation") if split and split in held), "val")
+
+
 def region_splits(records: Sequence[RunRecord]) -> list[str]:
     """Splits with region metrics (e.g. `test`, `ctspine1k_test`): the Table 5 blocks, in first-seen order."""
     splits: dict[str, None] = {}

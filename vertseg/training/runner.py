@@ -21,6 +21,7 @@ from vertseg.training.checkpoint import load_checkpoint, save_checkpoint
 from vertseg.training.data import build_training_data
 from vertseg.training.loop import EpochResult, fit
 from vertseg.training.methods import get_method
+from vertseg.training.progress import EpochProgress
 from vertseg.training.trainer import Trainer, is_better
 
 
@@ -100,10 +101,18 @@ def train_local(
         if on_epoch is not None:
             on_epoch(result, {"latest": latest, "best": best_path if best is not None else None})
 
+    schedule = trainer.train_cfg.schedule
+    progress = EpochProgress(schedule.epochs, schedule.iterations_per_epoch)
+
+    def step_hook(logs: dict[str, float]) -> None:
+        progress.step(trainer.epoch, trainer.iteration, logs)
+        if on_step is not None:
+            on_step(trainer.step, logs)
+
     stop = StopFlag().install()
     try:
-        step_hook = (lambda logs: on_step(trainer.step, logs)) if on_step is not None else None
-        fit(trainer, data, on_epoch_end, should_stop=stop, on_step=step_hook)
+        with progress:
+            fit(trainer, data, on_epoch_end, should_stop=stop, on_step=step_hook)
     finally:
         stop.uninstall()
     return {"best": best, "best_checkpoint": best_path if best_path.exists() else latest, "epochs": trainer.epoch,

@@ -47,6 +47,19 @@ def trial_label(trial: Any) -> str:
     return trial.config["trial"]
 
 
+def resolve_eval_split(store: Path, split: str | None) -> str:
+    """The sweep's held-out split: as given, else `test` when the store has labelled test cases, else `validation`."""
+    from vertseg.data.store import StoreError
+    from vertseg.evaluation.holdout import default_split
+
+    if split is not None:
+        return split
+    try:
+        return default_split(store)
+    except StoreError as error:
+        raise SweepError(str(error)) from None
+
+
 def _read_state(path: Path) -> dict[str, Any] | None:
     import json
 
@@ -95,7 +108,8 @@ def run_sweep(
         raise SweepError(f"{sweep.name} was tracked at {state['mlflow_uri']}, not {mlflow_uri}; resume without --mlflow-uri")
 
     # Everything that can fail is checked before the MLflow parent run and the state file are written.
-    provenance = tracking.store_provenance(sweep.data.store, sweep.data.eval_split)
+    eval_split = resolve_eval_split(sweep.data.store, sweep.data.eval_split)
+    provenance = tracking.store_provenance(sweep.data.store, eval_split)
     resources = sweep.resources
     workers = workers or resources.workers_per_trial
     use_gpu = resources.use_gpu if use_gpu is None else use_gpu
@@ -128,6 +142,7 @@ def run_sweep(
         use_gpu=use_gpu,
         entrypoint=sweep.entrypoint,
         trials={t.key: t for t in plan.trials},
+        eval_split=eval_split if sweep.data.evaluate else None,
     )
     # The trial function only drives its TorchTrainer; Train's workers hold the CPUs/GPUs. The trial reserves
     # no CPU (Tune needs a non-empty request, so it books driver memory), and concurrency comes from `limit`.

@@ -29,6 +29,7 @@ class TrialContext:
     use_gpu: bool
     entrypoint: str
     trials: dict[str, TrialSpec]  # by key: Tune's param space holds only the keys, so its table stays readable
+    eval_split: str | None = None  # full-volume evaluation of each trial's best checkpoint; None = none
 
 
 def resolve_entrypoint(entrypoint: str) -> Callable[..., Any]:
@@ -89,6 +90,22 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     if result.mlflow_run_id is None:
         raise RuntimeError(f"trial {trial.key}: the training run logged no MLflow run")
     best = _numeric(dict(result.best_metrics or {}))
+    held_out = _evaluate(context, result, trial)
     tracking.annotate_child(mlflow, result.mlflow_run_id, context.parent_run_id, context.sweep_name, trial,
                             config.train.method, best)
-    tune.report({**best, "reused": 0.0})
+    tune.report({**best, **held_out, "reused": 0.0})
+
+
+def _evaluate(context: TrialContext, result: Any, trial: TrialSpec) -> dict[str, float]:
+    """Evaluate the trial's checkpoint on the held-out split and log it to the trial's MLflow run."""
+    checkpoint = getattr(result, "checkpoint_path", None)
+    if context.eval_split is None or checkpoint is None or not Path(checkpoint).is_file():
+        return {}
+    from vertseg.tuning.holdout import evaluate_on_ray, log_holdout
+
+    try:
+        held_out = evaluate_on_ray(checkpoint, context.store, context.eval_split, context.use_gpu)
+    except Exception as error:
+        raise RuntimeError(f"trial {trial.key}: evaluation of {checkpoint} on {context.eval_split!r} failed: {error}") from error
+    log_holdout(context.mlflow_uri, result.mlflow_run_id, held_out, int(getattr(result, "epochs", 0) or 0))
+    return held_out.finite_metrics()

@@ -1,0 +1,182 @@
+"""Full-volume held-out evaluation of a trained checkpoint on a store split, as flat metrics for MLflow reports.
+
+Every case of the split is predicted with one loaded network through the inference code (localisation, sliding
+window, section 2.6 decoder) from its image alone, then compared with the store's labels on the store frame
+(isotropic `data.spacing_mm`; 1 mm by default, the VerSe protocol) with the evaluation code.
+
+Flat metric names, `<prefix>` = the split name (`test`, `validation`; deliberately not `val`, the training loop's
+patch-level monitor, so the two never mix in one MLflow metric):
+`<prefix>_dice` binary Dice (Eq. 14, case mean), `<prefix>_vertebra_dice` mean per-vertebra Dice,
+`<prefix>_multilabel_dice`, `<prefix>_id_acc` (Eq. 15-17), `<prefix>_id_rate` (VerSe), `<prefix>_distance_mm`,
+`<prefix>_cases`, `<prefix>_vertebrae`; per region (cervical/thoracic/lumbar, vertebra-instance level as in
+Table 5): `<prefix>_dice_<region>`, `_id_acc_<region>`, `_id_rate_<region>`, `_distance_mm_<region>`,
+`_vertebrae_<region>`; per level (C1..L5): `<prefix>_dice_<level>`, `<prefix>_id_acc_<level>` (means over cases).
+Torch and the inference code are imported lazily so `vertseg.evaluation` stays importable without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vertseg.evaluation.case import CaseMetrics, EvalSettings, evaluate_arrays, summarise
+from vertseg.evaluation.overlap import mean_or_nan
+from vertseg.labels import VERSE_NAMES
+
+if TYPE_CHECKING:
+    from vertseg.config import VertsegConfig
+    from vertseg.inference.predictor import Predictor
+    from vertseg.inference.runner import StorePrediction
+
+REPORT_LEVELS = range(1, 25)  # C1..L5: the VerSe reporting protocol
+
+
+class HoldoutError(ValueError):
+    """The split cannot be evaluated (no labelled cases, spacing mismatch); the message names the store."""
+
+
+@dataclass
+class HoldoutResult:
+    """Flat metrics (MLflow names), per-case rows, the nested summary and cases that failed to predict."""
+
+    split: str  # also the prefix of every metric name
+    metrics: dict[str, float]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    cases: list[CaseMetrics] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def finite_metrics(self) -> dict[str, float]:
+        """What MLflow and Tune can take: metrics measured on at least one vertebra."""
+        return {k: v for k, v in self.metrics.items() if np.isfinite(v)}
+
+
+def default_split(store: Path) -> str:
+    """`test` when the store has labelled test cases, else `validation`."""
+    from vertseg.data.store import VertStore
+
+    vert = VertStore(store)
+    return "test" if any(vert.is_labeled(c) for c in vert.cases("test")) else "validation"
+
+
+def flat_metrics(cases: list[CaseMetrics], prefix: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """The summary of `cases` as flat `<prefix>_...` metrics (NaN where nothing was measured) and nested."""
+    summary = summarise(cases, by_region=True)
+    p = prefix
+    flat = {
+        f"{p}_dice": summary["binary_dice"],
+        f"{p}_vertebra_dice": summary["mean_vertebra_dice"],
+        f"{p}_multilabel_dice": summary["multilabel_dice"],
+        f"{p}_id_acc": summary["acc_id"],
+        f"{p}_id_rate": summary["id_rate"],
+        f"{p}_distance_mm": summary["mean_distance_mm"],
+        f"{p}_cases": float(summary["cases"]),
+        f"{p}_vertebrae": float(summary["vertebrae"]),
+    }
+    for region, values in summary["regions"].items():
+        flat.update({
+            f"{p}_dice_{region}": values["mean_vertebra_dice"],
+            f"{p}_id_acc_{region}": values["acc_id"],
+            f"{p}_id_rate_{region}": values["id_rate"],
+            f"{p}_distance_mm_{region}": values["mean_distance_mm"],
+            f"{p}_vertebrae_{region}": float(values["vertebrae"]),
+        })
+    for label in REPORT_LEVELS:
+        dice = [c.vertebra_dice[label] for c in cases if label in c.vertebra_dice]
+        if dice:
+            name = VERSE_NAMES[label]
+            flat[f"{p}_dice_{name}"] = mean_or_nan(dice)
+            flat[f"{p}_id_acc_{name}"] = float(np.mean([c.id_correct.get(label, False) for c in cases
+                                                       if label in c.vertebra_dice]))
+    return {k: float(v) for k, v in flat.items()}, summary
+
+
+def predict_case(predictor: "Predictor", store: Path, case_id: str) -> tuple["StorePrediction", Any]:
+    """One store case predicted from its image only (the labels are never read here)."""
+    from vertseg.inference.cases import PredictJob, load_job
+    from vertseg.inference.runner import Timer, predict_store_frame
+
+    timer = Timer()
+    scan = load_job(PredictJob(case_id, store=Path(store)), predictor.spacing, tuple(predictor.config.data.hu_window))
+    return predict_store_frame(predictor, scan, timer), scan
+
+
+def evaluate_case(store: Path, case_id: str, prediction: "StorePrediction", settings: EvalSettings) -> CaseMetrics:
+    """Compare a store-frame prediction with the store's labels; centroids in LPS mm."""
+    from vertseg.data.geometry import apply_affine
+    from vertseg.data.store import VertStore
+
+    vert = VertStore(store)
+    affine = vert.geometry(case_id).canonical.affine_lps()
+    to_mm = lambda points: {k: apply_affine(affine, np.asarray(v, float)[None])[0] for k, v in points.items()}  # noqa: E731
+    return evaluate_arrays(case_id, vert.read_labels(case_id), prediction.labels, affine,
+                           to_mm(vert.centroids(case_id).best()) or None, to_mm(prediction.centroids_zyx) or None,
+                           settings)
+
+
+def evaluate_predictor(predictor: "Predictor", store: Path, split: str = "test", out_dir: Path | None = None,
+                       settings: EvalSettings | None = None, progress=None) -> HoldoutResult:
+    """Predict and evaluate every labelled case of `split`; a case that fails is recorded, the others go on."""
+    from vertseg.data.store import VertStore
+    from vertseg.inference.runner import Timer, write_prediction
+
+    store = Path(store)
+    vert = VertStore(store)
+    case_ids = [c for c in vert.cases(split) if vert.is_labeled(c)]
+    if not case_ids:
+        splits = sorted({str(v["split"]) for v in vert.manifest["cases"].values()})
+        raise HoldoutError(f"store {store} has no labelled cases in split {split!r} (splits present: {', '.join(splits)})")
+    if abs(float(vert.settings["spacing_mm"]) - predictor.spacing) > 1e-6:
+        raise HoldoutError(f"store {store} is at {vert.settings['spacing_mm']} mm but the model expects "
+                           f"{predictor.spacing} mm")
+    settings = settings or EvalSettings(min_fragment_ml=predictor.config.inference.min_fragment_ml)
+    cases: list[CaseMetrics] = []
+    failed: dict[str, str] = {}
+    for case_id in case_ids:
+        try:
+            prediction, scan = predict_case(predictor, store, case_id)
+            if out_dir is not None:
+                write_prediction(predictor, scan, prediction, Path(out_dir), Timer())
+            cases.append(evaluate_case(store, case_id, prediction, settings))
+        except (ValueError, RuntimeError, OSError, KeyError) as error:
+            failed[case_id] = f"{type(error).__name__}: {error}"
+        if progress is not None:
+            progress(case_id)
+    if not cases:
+        raise HoldoutError(f"store {store}: every case of split {split!r} failed: {failed}")
+    metrics, summary = flat_metrics(cases, split)
+    summary.update(split=split, store=str(store), failed=failed, settings=dict(settings.__dict__))
+    rows = [{"split": split, **c.row()} for c in cases]
+    result = HoldoutResult(split, metrics, rows, summary, cases, failed)
+    if out_dir is not None:
+        write_holdout(result, Path(out_dir))
+    return result
+
+
+def write_holdout(result: HoldoutResult, out_dir: Path) -> tuple[Path, Path]:
+    """`evaluation.json` (summary, flat metrics, per-case detail) and `evaluation.csv` (one row per case)."""
+    from vertseg.evaluation.runner import EvaluationReport, _case_detail, write_report
+
+    summary = {**result.summary, "metrics": result.metrics,
+               "per_case": {c.case_id: _case_detail(c) for c in result.cases}}
+    return write_report(EvaluationReport(summary, result.cases, result.failed), Path(out_dir) / "evaluation.json")
+
+
+def evaluate_checkpoint(checkpoint: Path, store: Path, split: str = "test", config: "VertsegConfig | None" = None,
+                        device: str | None = None, out_dir: Path | None = None, progress=None) -> HoldoutResult:
+    """Load `checkpoint` once (EMA teacher weights first) and evaluate it on every labelled case of `split`.
+
+    `config` replaces the checkpoint's inference/post-processing settings (its `model` section must match);
+    `device` None picks CUDA when present.
+    """
+    from vertseg.inference.model_loading import CheckpointError, load_model, resolve_device
+    from vertseg.inference.predictor import Predictor
+
+    model, trained, _ = load_model(checkpoint)
+    if config is not None and config.model != trained.model:
+        raise CheckpointError(f"checkpoint {checkpoint}: the given config's model section differs from the trained one")
+    predictor = Predictor(model, config or trained, resolve_device(device or "auto"))
+    return evaluate_predictor(predictor, store, split, out_dir, progress=progress)
