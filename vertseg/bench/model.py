@@ -181,7 +181,7 @@ def run_model_bench(cfg: ModelConfig, quick: bool, command: str) -> str:
     parts.append(f"### Pure-PyTorch selective scan vs step-by-step recurrence (CPU)\n\n{scan_table}\n\n"
                  f"Target >= 10x on forward+backward: {'met' if ratio >= 10 else 'NOT met'} ({ratio:.1f}x).")
     parts.append(f"### Ablation variants, full model per {'x'.join(map(str, patch))} patch (CPU, batch 1)\n\n"
-                 + variant_costs(cpu, cfg, patch, 1))
+                 + variant_costs(cpu, cfg, patch, 2))
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         parts.append(f"### Bottleneck block on {torch.cuda.get_device_name(0)} (float32)\n\n"

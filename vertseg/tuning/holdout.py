@@ -36,10 +36,11 @@ def log_holdout(tracking_uri: str, run_id: str, result: "HoldoutResult", step: i
 
 def evaluate_on_ray(checkpoint: Path, store: Path, split: str, use_gpu: bool) -> "HoldoutResult":
     """Run the evaluation as a Ray task holding one CPU (and one GPU when training used GPUs), so a trial's
-    evaluation is scheduled like its training instead of borrowing another trial's devices."""
+    evaluation is scheduled like its training instead of borrowing another trial's devices. "DEFAULT" scheduling
+    keeps the task out of the trial's placement group (it books driver memory only, as Ray Train's workers do)."""
     import ray
 
     from vertseg.evaluation.holdout import evaluate_checkpoint
 
-    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(evaluate_checkpoint)
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, scheduling_strategy="DEFAULT")(evaluate_checkpoint)
     return ray.get(task.remote(Path(checkpoint), Path(store), split))
