@@ -51,7 +51,7 @@ def test_diagnostics_average_only_the_epochs_with_consistency():
                {"epoch": 4, "lambda_cons": 0.5, "pass_seg": 0.4, "pass_cls": 0.3}]
     out = diagnostics(history, e_cons=2)
     assert out["lambda_final"] == 0.5 and out["pass_seg"] == pytest.approx(0.3) and out["pass_cls"] == pytest.approx(0.2)
-    assert out["val_dice_best"] == 0.6 and math.isnan(out["loss_cons_seg"])
+    assert out["val_dice_best"] == 0.6 and out["best_epoch"] == 3 and math.isnan(out["loss_cons_seg"])
 
 
 def _outcome(method: str, seed: int, dice: float) -> RunOutcome:

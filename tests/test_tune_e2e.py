@@ -101,6 +101,8 @@ def test_two_trial_smoke_sweep_with_run_training_is_tracked_and_reported(ray_clu
         assert child.data.params["model.base_width"] == "4" and child.data.params["run.world_size"] == "2"
         assert len(mlflow.get_metric_history(child.info.run_id, "val_dice")) == 2  # two smoke epochs
         assert "best_val_dice" in child.data.metrics
+        assert child.data.tags["vertseg.eval_split"] == "validation"  # full-volume evaluation of the best checkpoint
+        assert child.data.metrics["validation_cases"] == 1 and "validation_dice" in child.data.metrics
         assert "sweep/trial.json" in {f.path for f in mlflow.list_artifacts(child.info.run_id, "sweep")}
         run_dir = tmp_path / "runs/sweeps/cbam/train" / child.data.tags["mlflow.runName"]
         assert any(run_dir.glob("checkpoint_*"))

@@ -73,15 +73,20 @@ def preprocess_in_process(sources, store: Path, config: VertsegConfig) -> int:
 
 
 def predict_folder(
-    checkpoint: Path, inputs: list[Path], out: Path, on_done: Callable[[dict[str, Any]], None] | None = None
+    checkpoint: Path, inputs: list[Path], out: Path, on_done: Callable[[dict[str, Any]], None] | None = None,
+    student: bool = False,
 ) -> dict[str, Any]:
-    """Predict every scan under `inputs` with the checkpoint's teacher weights; raises if any case failed."""
+    """Predict every scan under `inputs`; raises if any case failed. Weights: what `vertseg predict` loads (the EMA
+    teacher first), or with `student` the student that validation scored (single-process checkpoints)."""
     from vertseg.inference.cases import collect_jobs
-    from vertseg.inference.model_loading import load_model, resolve_device
+    from vertseg.inference.model_loading import load_model, read_checkpoint, resolve_device
     from vertseg.inference.predictor import Predictor
     from vertseg.inference.runner import predict_all, write_summary
 
     model, config, key = load_model(checkpoint)
+    if student:
+        key = "model"
+        model.load_state_dict(read_checkpoint(checkpoint)[key])
     predictor = Predictor(model, config, resolve_device("auto"))
     jobs = collect_jobs(inputs)
     if not jobs:

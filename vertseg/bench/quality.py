@@ -21,6 +21,7 @@ from vertseg.bench.report import markdown_table, write_section
 from vertseg.config import load_config
 from vertseg.io import atomic_write_json
 from vertseg.steps import RESOURCES, PhantomPools
+from vertseg.training.methods import get_method
 
 LABELED_FRACTION = 0.25  # Table 2: 25% of the labeled pool keeps its labels, the rest is unlabeled
 CPU_POOLS = PhantomPools(training=8, validation=2, unlabeled=0, test=4, seed=2026, variant_rate=0.25)
@@ -60,12 +61,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def diagnostics(history: list[dict[str, Any]], e_cons: int) -> dict[str, float]:
     """What the consistency term did: lambda reached, mean mask pass fractions and loss over the epochs it was on."""
     active = [h for h in history if h.get("epoch", 0) > e_cons]
-    out = {"lambda_final": float(history[-1].get("lambda_cons", math.nan)) if history else math.nan}
+    consistency = any("pass_seg" in h for h in history)  # methods without a consistency term log no mask passes
+    out = {"lambda_final": float(history[-1].get("lambda_cons", math.nan)) if history and consistency else math.nan}
     for key in ("pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls"):
         values = [float(h[key]) for h in active if key in h]
         out[key] = sum(values) / len(values) if values else math.nan
     validated = [h for h in history if "val_dice" in h]
-    out["val_dice_best"] = max((float(h["val_dice"]) for h in validated), default=math.nan)
+    best = max(validated, key=lambda h: float(h["val_dice"]), default=None)
+    out["val_dice_best"] = float(best["val_dice"]) if best else math.nan
+    out["best_epoch"] = float(best["epoch"]) if best else math.nan  # the checkpoint `predict` uses
     return out
 
 
@@ -106,9 +110,10 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         t = mean_std([o.train_seconds for o in runs])[0]
         rows.append([method, len(runs)] + cells + [f"{t / fsl_time:.2f}" if math.isfinite(fsl_time) and fsl_time else "n/a"])
     per_seed = [[o.method, o.seed] + [f"{100 * o.metrics.get(k, math.nan):.1f}" for k, _ in HEADLINE] for o in outcomes]
-    diag_rows = [[o.method, o.seed] + [f"{o.diagnostics.get(k, math.nan):.3f}" for k in
-                                       ("lambda_final", "pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls", "val_dice_best")]
-                 for o in outcomes if o.method != "fsl"]
+    diag_keys = ("lambda_final", "pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls", "val_dice_best",
+                 "student_binary_dice")
+    diag_rows = [[o.method, o.seed] + [f"{o.diagnostics.get(k, math.nan):.3f}" for k in diag_keys]
+                 + [f"{o.diagnostics.get('best_epoch', math.nan):.0f}"] for o in outcomes]
     setup = (
         f"Phantoms (`vertseg/bench/quality.py`): labeled pool {pools.training} training + {pools.validation} validation "
         f"scans, {int(100 * LABELED_FRACTION)}% of the training scans keep their labels (`train.labeled_fraction`, chosen "
@@ -132,10 +137,18 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         body += [
             "Consistency diagnostics (means over the epochs after `e_cons`): `lambda_final` = consistency weight at the "
             "last epoch (Eq. 2), `pass_seg`/`pass_cls` = share of voxels / heatmap positions passing the confidence "
-            "masks (Eq. 12-13), `loss_cons_*` = consistency losses, `val_dice_best` = best validation Dice.", "",
-            markdown_table(["method", "seed", "lambda_final", "pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls",
-                            "val_dice_best"], diag_rows),
+            "masks (Eq. 12-13), `loss_cons_*` = consistency losses, `val_dice_best` = best validation Dice of the "
+            "student and `best_epoch` its epoch, whose checkpoint is the one evaluated; `student_binary_dice` = test "
+            "binary Dice of that checkpoint's student weights (the tables above use the EMA teacher, as `vertseg "
+            "predict` does).", "",
+            markdown_table(["method", "seed", *diag_keys, "best_epoch"], diag_rows),
         ]
+    student_gap = [o.diagnostics.get("student_binary_dice", math.nan) - f.metrics.get("test_binary_dice", math.nan)
+                   for o in outcomes if o.method == "proposed" for f in outcomes if f.method == "fsl" and f.seed == o.seed]
+    mean, std = mean_std(student_gap)
+    if math.isfinite(mean):
+        body += ["", f"Student weights of `proposed` vs `fsl`, binary Dice: paired difference {100 * mean:+.1f} ± "
+                     f"{100 * std:.1f} points over {len(student_gap)} seeds (the consistency term's own effect)."]
     if schedule is not None:
         body += ["", teacher_note(schedule)]
     return "\n".join(body)
@@ -147,10 +160,13 @@ def teacher_note(schedule: Any) -> str:
     steps = (schedule.epochs - schedule.e_cons) * schedule.iterations_per_epoch
     share = schedule.ema_decay ** steps
     paper = schedule.ema_decay ** (60 * 250)
+    warmup = schedule.ema_decay ** (schedule.e_cons * schedule.iterations_per_epoch)
     return (f"EMA teacher: restarted from the student at epoch {schedule.e_cons}; after the {steps} consistency steps "
             f"of this schedule {100 * share:.0f}% of its weights are still that snapshot (alpha = {schedule.ema_decay}), "
-            f"against {100 * paper:.0f}% after the paper's 60 x 250 steps: here the pseudo-labels come mostly from the "
-            f"warm-up student.")
+            f"against {100 * paper:.0f}% after the paper's 60 x 250 steps, so the pseudo-labels still lean on the warm-up "
+            f"student. Validation (which picks the checkpoint) scores the student, but `vertseg predict` loads "
+            f"the checkpoint's EMA teacher, which lags the student; a checkpoint from epoch <= {schedule.e_cons} "
+            f"carries a teacher that is still {100 * warmup:.0f}% random initialisation.")
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -179,10 +195,22 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
     pred = work / "predictions" / name
     predict_folder(result.checkpoint_path, [test], pred)
     metrics = split_metrics(evaluate_predictions(pred, [test], pred / "evaluation.json"), "test")
-    outcome = RunOutcome(method, seed, metrics, diagnostics(_history(result.run_dir), config.train.schedule.e_cons),
-                         round(train_seconds, 1))
+    found = diagnostics(_history(result.run_dir), config.train.schedule.e_cons)
+    if get_method(method).uses_teacher:
+        found.update(student_metrics(result.checkpoint_path, test, work / "predictions" / f"{name}-student"))
+    outcome = RunOutcome(method, seed, metrics, found, round(train_seconds, 1))
     atomic_write_json(work / "outcomes" / f"{name}.json", outcome.__dict__)
     return outcome
+
+
+def student_metrics(checkpoint: Path, test: Path, pred: Path) -> dict[str, float]:
+    """Test metrics of the student weights, to separate the consistency term's effect from the teacher/student
+    choice (validation scores the student, `vertseg predict` uses the EMA teacher)."""
+    from vertseg.steps import evaluate_predictions, predict_folder, split_metrics
+
+    predict_folder(checkpoint, [test], pred, student=True)
+    metrics = split_metrics(evaluate_predictions(pred, [test], pred / "evaluation.json"), "test")
+    return {f"student_{k}": metrics.get(f"test_{k}", math.nan) for k in ("binary_dice", "dice", "id_rate")}
 
 
 def _line(outcome: RunOutcome) -> str:
@@ -193,7 +221,7 @@ def _line(outcome: RunOutcome) -> str:
 
 
 def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test: Path, work: Path, parallel: int,
-            threads: int, echo: Callable[[str], None]) -> list[RunOutcome]:
+            threads: int, echo: Callable[[str], None], e_cons: int = 0) -> list[RunOutcome]:
     """Every (method, seed), `parallel` at a time in separate processes; saved outcomes are reused."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
@@ -202,8 +230,14 @@ def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test
     todo = []
     for method, seed in jobs:
         saved = work / "outcomes" / f"{method}-seed{seed}.json"
-        if saved.exists():
-            outcomes[(method, seed)] = RunOutcome(**json.loads(saved.read_text()))
+        if saved.exists():  # diagnostics are re-read from the run, so a newer benchmark version reports them all
+            outcome = RunOutcome(**json.loads(saved.read_text()))
+            run_dir = work / "runs" / f"{method}-seed{seed}"
+            found = {**outcome.diagnostics, **diagnostics(_history(run_dir), e_cons)}
+            if get_method(method).uses_teacher and "student_binary_dice" not in found:
+                found.update(student_metrics(run_dir / "checkpoints" / "best.pt", test,
+                                             work / "predictions" / f"{method}-seed{seed}-student"))
+            outcomes[(method, seed)] = RunOutcome(outcome.method, outcome.seed, outcome.metrics, found, outcome.train_seconds)
             echo(f"reused  {_line(outcomes[(method, seed)])}")
         else:
             todo.append((method, seed))
@@ -231,7 +265,7 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
         preprocess_in_process(pool_sources([folders["labeled"]]), store, config)
     test = work / "data" / "test"
     jobs = [(method, seed) for seed in range(seeds) for method in methods]
-    outcomes = run_all(jobs, overrides, store, test, work, parallel, threads, echo)
+    outcomes = run_all(jobs, overrides, store, test, work, parallel, threads, echo, config.train.schedule.e_cons)
     body = render(outcomes, methods, pools, overrides, time.perf_counter() - start, parallel, threads,
                   config.train.schedule)
     command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (

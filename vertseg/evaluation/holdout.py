@@ -16,6 +16,7 @@ Torch and the inference code are imported lazily so `vertseg.evaluation` stays i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from vertseg.labels import VERSE_NAMES
 if TYPE_CHECKING:
     from vertseg.config import VertsegConfig
     from vertseg.inference.predictor import Predictor
+    from vertseg.data.store import VertStore
+    from vertseg.inference.cases import LoadedScan
     from vertseg.inference.runner import StorePrediction
 
 REPORT_LEVELS = range(1, 25)  # C1..L5: the VerSe reporting protocol
@@ -94,7 +97,7 @@ def flat_metrics(cases: list[CaseMetrics], prefix: str) -> tuple[dict[str, float
     return {k: float(v) for k, v in flat.items()}, summary
 
 
-def predict_case(predictor: "Predictor", store: Path, case_id: str) -> tuple["StorePrediction", Any]:
+def predict_case(predictor: "Predictor", store: Path, case_id: str) -> tuple["StorePrediction", "LoadedScan"]:
     """One store case predicted from its image only (the labels are never read here)."""
     from vertseg.inference.cases import PredictJob, load_job
     from vertseg.inference.runner import Timer, predict_store_frame
@@ -104,21 +107,24 @@ def predict_case(predictor: "Predictor", store: Path, case_id: str) -> tuple["St
     return predict_store_frame(predictor, scan, timer), scan
 
 
-def evaluate_case(store: Path, case_id: str, prediction: "StorePrediction", settings: EvalSettings) -> CaseMetrics:
+def evaluate_case(vert: "VertStore", case_id: str, prediction: "StorePrediction",
+                  settings: EvalSettings) -> CaseMetrics:
     """Compare a store-frame prediction with the store's labels; centroids in LPS mm."""
     from vertseg.data.geometry import apply_affine
-    from vertseg.data.store import VertStore
 
-    vert = VertStore(store)
     affine = vert.geometry(case_id).canonical.affine_lps()
-    to_mm = lambda points: {k: apply_affine(affine, np.asarray(v, float)[None])[0] for k, v in points.items()}  # noqa: E731
+
+    def to_mm(points: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        return {k: apply_affine(affine, np.asarray(v, float)[None])[0] for k, v in points.items()}
+
     return evaluate_arrays(case_id, vert.read_labels(case_id), prediction.labels, affine,
                            to_mm(vert.centroids(case_id).best()) or None, to_mm(prediction.centroids_zyx) or None,
                            settings)
 
 
 def evaluate_predictor(predictor: "Predictor", store: Path, split: str = "test", out_dir: Path | None = None,
-                       settings: EvalSettings | None = None, progress=None) -> HoldoutResult:
+                       settings: EvalSettings | None = None,
+                       progress: Callable[[str], None] | None = None) -> HoldoutResult:
     """Predict and evaluate every labelled case of `split`; a case that fails is recorded, the others go on."""
     from vertseg.data.store import VertStore
     from vertseg.inference.runner import Timer, write_prediction
@@ -128,7 +134,8 @@ def evaluate_predictor(predictor: "Predictor", store: Path, split: str = "test",
     case_ids = [c for c in vert.cases(split) if vert.is_labeled(c)]
     if not case_ids:
         splits = sorted({str(v["split"]) for v in vert.manifest["cases"].values()})
-        raise HoldoutError(f"store {store} has no labelled cases in split {split!r} (splits present: {', '.join(splits)})")
+        raise HoldoutError(f"store {store} has no labelled cases in split {split!r} "
+                           f"(splits present: {', '.join(splits)})")
     if abs(float(vert.settings["spacing_mm"]) - predictor.spacing) > 1e-6:
         raise HoldoutError(f"store {store} is at {vert.settings['spacing_mm']} mm but the model expects "
                            f"{predictor.spacing} mm")
@@ -140,7 +147,7 @@ def evaluate_predictor(predictor: "Predictor", store: Path, split: str = "test",
             prediction, scan = predict_case(predictor, store, case_id)
             if out_dir is not None:
                 write_prediction(predictor, scan, prediction, Path(out_dir), Timer())
-            cases.append(evaluate_case(store, case_id, prediction, settings))
+            cases.append(evaluate_case(vert, case_id, prediction, settings))
         except (ValueError, RuntimeError, OSError, KeyError) as error:
             failed[case_id] = f"{type(error).__name__}: {error}"
         if progress is not None:
@@ -166,7 +173,8 @@ def write_holdout(result: HoldoutResult, out_dir: Path) -> tuple[Path, Path]:
 
 
 def evaluate_checkpoint(checkpoint: Path, store: Path, split: str = "test", config: "VertsegConfig | None" = None,
-                        device: str | None = None, out_dir: Path | None = None, progress=None) -> HoldoutResult:
+                        device: str | None = None, out_dir: Path | None = None,
+                        progress: Callable[[str], None] | None = None) -> HoldoutResult:
     """Load `checkpoint` once (EMA teacher weights first) and evaluate it on every labelled case of `split`.
 
     `config` replaces the checkpoint's inference/post-processing settings (its `model` section must match);

@@ -13,7 +13,8 @@ from typing import Any, TextIO
 class EpochProgress:
     """Steps of the running epoch with the current loss; `enabled=None` means "stdout is a terminal"."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+    def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool | None = None,
+                 stream: TextIO | None = None) -> None:
         stream = stream or sys.stdout
         self.enabled = stream.isatty() if enabled is None else enabled
         self.epochs, self.steps = epochs, steps_per_epoch
@@ -25,7 +26,7 @@ class EpochProgress:
 
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[loss]}"), console=Console(file=stream, force_terminal=self.enabled), transient=True,
+                TextColumn("{task.fields[loss]}"), console=Console(file=stream, force_terminal=True), transient=True,
             )
 
     def __enter__(self) -> "EpochProgress":

@@ -46,7 +46,7 @@ class DataStores(BaseModel):
 
     store: Path
     unlabeled: Path | None = None  # used by SSL methods only; FSL rows train on the labeled pool alone
-    eval_split: str | None = None  # held-out split each trial is evaluated on; None: test if the store has it, else validation
+    eval_split: str | None = None  # held-out split of the trials' evaluation; None: test if the store has it, else validation
     evaluate: bool = True  # full-volume evaluation of every trial's best checkpoint on eval_split, logged to MLflow
 
 

@@ -106,6 +106,7 @@ def _evaluate(context: TrialContext, result: Any, trial: TrialSpec) -> dict[str,
     try:
         held_out = evaluate_on_ray(checkpoint, context.store, context.eval_split, context.use_gpu)
     except Exception as error:
-        raise RuntimeError(f"trial {trial.key}: evaluation of {checkpoint} on {context.eval_split!r} failed: {error}") from error
+        raise RuntimeError(f"trial {trial.key}: evaluation of {checkpoint} on {context.eval_split!r} failed: "
+                           f"{error}") from error
     log_holdout(context.mlflow_uri, result.mlflow_run_id, held_out, int(getattr(result, "epochs", 0) or 0))
     return held_out.finite_metrics()
