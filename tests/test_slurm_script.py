@@ -159,7 +159,7 @@ def test_requeued_training_resumes_the_same_run(tmp_path, stubs):
     script = render_to(tmp_path, options(tmp_path), Command("train", ("--store", "s.zarr"), str(stubs / "python")))
     job = run_job(tmp_path, stubs, script, ["n1"], restart=1)
     out, _ = job.communicate(timeout=60)
-    assert rec(tmp_path, "argv").split("\0")[:-1][-3:] == ["--name", "vs-test", "--resume"], out
+    assert rec(tmp_path, "argv").split("\0")[:-1][-3:] == ["--name", "vs-test", "--auto-resume"], out
 
 
 def test_warning_signal_stops_the_command_then_requeues(tmp_path, stubs):

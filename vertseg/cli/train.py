@@ -22,6 +22,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         name: str = typer.Option(None, "--name", help="Run name (default: deterministic from method, config and store)."),
         mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default sqlite:///RUNS_DIR/mlflow.db; 'none' = off)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run of this name from its latest checkpoint."),
+        auto_resume: bool = typer.Option(
+            False, "--auto-resume", help="Continue the run when it has a checkpoint, else start it (requeued batch jobs)."
+        ),
         out: Path = typer.Option(Path("runs"), "--out", help="Runs directory (checkpoints, MLflow database)."),
         evaluate: str = typer.Option(
             None, "--evaluate", metavar="SPLIT",
@@ -51,7 +54,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         console.print(f"run [bold]{run_name}[/] -> {out / run_name} ({workers or 'no'} {'GPU' if use_gpu else 'CPU'} workers)", highlight=False)
         try:
             result = run_training(settings, store, unlabeled, num_workers=workers, use_gpu=use_gpu, run_name=run_name,
-                                  storage_path=out, mlflow_uri=mlflow_uri, resume=resume)
+                                  storage_path=out, mlflow_uri=mlflow_uri, resume="auto" if auto_resume else resume)
         except (RunExistsError, FileNotFoundError, CheckpointError, ValueError) as error:
             raise fail(str(error)) from None
         state = "stopped (resume with --resume)" if result.interrupted else "finished"

@@ -13,7 +13,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vertseg.config import VertsegConfig, dump_config
 
@@ -83,10 +83,13 @@ def run_training(
     storage_path: Path,
     mlflow_uri: str | None,
     mlflow_parent_run_id: str | None = None,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     report_to_tune: bool = False,
 ) -> TrainingResult:
     """Train `config` on `store` (+ `unlabeled`) with `num_workers` Ray Train workers (0 = in this process).
+
+    `resume`: True continues the run's latest checkpoint (an error if it has none); "auto" continues it when there
+    is one and starts the run otherwise (what a requeued batch job wants).
 
     `mlflow_uri` None means the default local SQLite store under `storage_path`; "none" disables MLflow.
     """
@@ -95,6 +98,8 @@ def run_training(
 
     storage_path = Path(storage_path).resolve()
     run_dir = storage_path / run_name
+    if resume == "auto":
+        resume = _has_checkpoint(run_dir)
     if _has_checkpoint(run_dir) and not resume:
         raise RunExistsError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
                              "or --name to start another run")
@@ -123,6 +128,7 @@ def run_training(
         "mlflow_uri": uri, "artifact_location": artifacts, "mlflow_parent_run_id": mlflow_parent_run_id,
         "fingerprint": store_fingerprint(Path(store)), "stop_file": str(stop_file),
         "fail_once_at_epoch": int(fail_epoch) if fail_epoch else None,
+        "resume_from": str(ray_checkpoints(run_dir)[-1] / "checkpoint.pt") if resume and ray_checkpoints(run_dir) else None,
     }
     callbacks = []
     if report_to_tune:

@@ -69,6 +69,9 @@ def train_worker(loop: dict[str, Any]) -> None:
     trainer = Trainer(config, device, class_counts=data.class_counts, wrap=ddp, rank=rank)
     best: dict[str, float] | None = None
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop.get("resume_from"):
+        # A run killed after writing a checkpoint but before Ray registered it: Ray would silently start over.
+        checkpoint = Checkpoint.from_directory(str(Path(loop["resume_from"]).parent))
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_checkpoint(Path(folder) / CHECKPOINT_FILE, device)

@@ -143,7 +143,8 @@ def command_words(options: SlurmOptions, command: Command) -> list[str]:
 def render(options: SlurmOptions, command: Command, workdir: Path) -> str:
     """The complete sbatch script; raises LaunchError for options Slurm or bash would misread."""
     validate(options, command)
-    resume = command.subcommand == "train" and not _has_option(command.args, "--resume")
+    resume_flag = {"train": "--auto-resume", "tune": "--resume"}.get(command.subcommand)
+    resume = resume_flag is not None and not _has_option(command.args, "--resume")
     values = {
         "directives": "\n".join(directives(options)),
         "workdir": shlex.quote(str(workdir)),
@@ -151,6 +152,7 @@ def render(options: SlurmOptions, command: Command, workdir: Path) -> str:
         "ray": shlex.quote(ray_executable(command.python)),
         "command": " ".join(shlex.quote(word) for word in command_words(options, command)),
         "resume_on_requeue": "1" if resume else "0",
+        "resume_flag": resume_flag or "",
         "requeue_on_warning": "1" if options.requeue else "0",
         "num_cpus": str(options.cpus_per_task),
         "num_gpus": str(gpus_per_node(options)),
