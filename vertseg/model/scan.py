@@ -66,9 +66,12 @@ def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, ch
     each token then adds exp(S_t) times its chunk's start state.
     """
     limit = _DIRECT_LIMIT[b.dtype]
-    log_a = log_a.clamp_min(-limit / 2)
-    known = log_a.numel() and not log_a.is_meta  # meta tensors (FLOP counting) carry no values
-    step = float(log_a.detach().abs().amax()) if known else 0.0
+    step = 0.0
+    if log_a.numel() and not log_a.is_meta:  # meta tensors (FLOP counting) carry no values
+        low, high = torch.aminmax(log_a.detach())
+        if low < -limit / 2:
+            log_a = log_a.clamp_min(-limit / 2)
+        step = max(min(-float(low), limit / 2), float(high))
     width = max(2, min(chunk, log_a.shape[1], int(limit // step) if step > 0 else chunk))
     length = log_a.shape[1]
     pad = (-length) % width
@@ -77,13 +80,14 @@ def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, ch
         b = torch.cat([b, b.new_zeros(b.shape[0], pad, *b.shape[2:])], dim=1)
     shape = (b.shape[0], (length + pad) // width, width, *b.shape[2:])
     log_decay = torch.cumsum(log_a.reshape(shape), dim=2)
-    intra = torch.exp(log_decay) * torch.cumsum(torch.exp(-log_decay) * b.reshape(shape), dim=2)
+    decay = torch.exp(log_decay)
+    intra = decay * torch.cumsum(torch.exp(-log_decay) * b.reshape(shape), dim=2)
     if shape[1] == 1:
         start = h0[:, None]
     else:
         ends = linear_recurrence(log_decay[:, :, -1].double(), intra[:, :, -1].double(), h0.double(), chunk)
         start = torch.cat([h0[:, None], ends[:, :-1].to(h0.dtype)], dim=1)
-    states = intra + torch.exp(log_decay) * start[:, :, None]
+    states = intra + decay * start[:, :, None]
     return states.reshape(shape[0], length + pad, *shape[3:])[:, :length]
 
 
