@@ -102,3 +102,15 @@ def test_demo_config_keeps_the_paper_schedule_shape():
 
     schedule = load_config(DEMO_CONFIG).train.schedule
     assert schedule.e_cons / schedule.epochs == pytest.approx(0.4) and schedule.e_ramp / schedule.epochs == pytest.approx(0.8)
+
+
+def test_longer_budget_keeps_the_schedule_shape():
+    from vertseg.bench.quality import CPU_OVERRIDES, scale_schedule
+    from vertseg.config import load_config
+    from vertseg.demo import DEMO_CONFIG
+
+    base = load_config(DEMO_CONFIG, CPU_OVERRIDES).train
+    longer = load_config(DEMO_CONFIG, scale_schedule(CPU_OVERRIDES, 3)).train
+    assert longer.schedule.epochs == 3 * base.schedule.epochs
+    assert longer.schedule.e_cons / longer.schedule.epochs == base.schedule.e_cons / base.schedule.epochs == 0.4
+    assert longer.schedule.iterations_per_epoch == base.schedule.iterations_per_epoch

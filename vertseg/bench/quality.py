@@ -249,14 +249,28 @@ def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test
     return [outcomes[job] for job in jobs]
 
 
+SCHEDULE_KEYS = ("train.schedule.epochs", "train.schedule.e_cons", "train.schedule.e_ramp", "train.validate_every")
+
+
+def scale_schedule(overrides: list[str], budget: int) -> list[str]:
+    """`budget` times the epochs, with e_cons, e_ramp and validation scaled alike (the schedule keeps its shape)."""
+    out = []
+    for item in overrides:
+        key, value = item.split("=", 1)
+        out.append(f"{key}={int(value) * budget}" if key in SCHEDULE_KEYS else item)
+    return out
+
+
 def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path, parallel: int = 2,
-                      threads: int = 1, echo: Callable[[str], None] = print) -> Path:
-    """Phantoms + store once, then every (method, seed) run; writes the `quality` section of `output`."""
+                      threads: int = 1, echo: Callable[[str], None] = print, budget: int = 1) -> Path:
+    """Phantoms + store once, then every (method, seed) run; writes the `quality` section of `output`
+    (`quality-xN` for a longer budget, so the default table stays)."""
     from vertseg.steps import make_phantom_pools, pool_sources, preprocess_in_process
 
     start = time.perf_counter()
     pools, overrides = (GPU_POOLS, GPU_OVERRIDES) if full else (CPU_POOLS, CPU_OVERRIDES)
-    work = Path(workdir) / ("full" if full else "cpu")
+    overrides = scale_schedule(overrides, budget)
+    work = Path(workdir) / (("full" if full else "cpu") + (f"-x{budget}" if budget != 1 else ""))
     config = load_config(RESOURCES / "demo.yaml", overrides)
     store = work / "store.zarr"
     if not (store / "manifest.json").exists():
@@ -269,5 +283,9 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
     body = render(outcomes, methods, pools, overrides, time.perf_counter() - start, parallel, threads,
                   config.train.schedule)
     command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (
-        f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "")
-    return write_section("quality", "Model quality at 25% labels on phantoms: fsl vs proposed", command, body, output)
+        f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "") + (
+        f" --budget {budget}" if budget != 1 else "")
+    key, title = "quality", "Model quality at 25% labels on phantoms: fsl vs proposed"
+    if budget != 1:
+        key, title = f"quality-x{budget}", f"{title} ({budget}x the training steps)"
+    return write_section(key, title, command, body, output)
