@@ -60,8 +60,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def format_validation_error(error: ValidationError, source: str, what: str = "configuration") -> str:
+    """One line per bad key: where it is, what is wrong, what was given."""
+    lines = [f"invalid {what} in {source}:"]
     for err in error.errors():
         location = ".".join(str(part) for part in err["loc"]) or "<root>"
         given = err.get("input")
@@ -74,23 +75,27 @@ def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None 
     try:
         return VertsegConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
+        raise ConfigError(format_validation_error(error, source)) from None
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> VertsegConfig:
     """Load and validate a YAML config; no path means the paper defaults."""
     if path is None:
         return build_config({}, overrides, "<defaults>")
-    path = Path(path)
+    return build_config(read_yaml_mapping(Path(path)), overrides, str(path))
+
+
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping; a missing file, bad YAML or another top-level type is a ConfigError."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(raw).__name__}")
-    return build_config(raw, overrides, str(path))
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level, got {type(raw).__name__}")
+    return raw
 
 
 def dump_config(config: VertsegConfig) -> str:

@@ -98,7 +98,21 @@ def bottleneck_scaling(device: torch.device, tokens: list[int], channels: int, c
         rows.append([n, f"{tm * 1e3:.1f}", f"{tt * 1e3:.1f}", f"{tt / tm:.2f}", *growth, _mib(mm), _mib(mt)])
     headers = ["tokens", "Mamba ms", "Transformer ms", "Transformer / Mamba", f"Mamba time vs {tokens[0]}",
                f"Transformer time vs {tokens[0]}", "Mamba MiB", "Transformer MiB"]
-    return markdown_table(headers, rows)
+    exponents = {name: growth_exponent(tokens, [t for t, _ in results[name]]) for name in blocks}
+    return markdown_table(headers, rows) + (
+        f"\n\nMeasured growth, time ~ tokens^k from a log-log fit over {tokens[0]}-{tokens[-1]} tokens: "
+        + ", ".join(f"{name} k = {k:.2f}" for name, k in exponents.items())
+        + " (k = 1 linear, k = 2 quadratic); the memory columns are the activations kept for backward."
+    )
+
+
+def growth_exponent(sizes: list[int], seconds: list[float]) -> float:
+    """Least-squares slope of log(time) against log(size)."""
+    import math
+
+    xs, ys = [math.log(s) for s in sizes], [math.log(t) for t in seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def scan_vs_recurrence(device: torch.device, length: int, dim: int, n_state: int, repeats: int) -> tuple[str, float]:
@@ -173,9 +187,7 @@ def run_model_bench(cfg: ModelConfig, quick: bool, command: str) -> str:
     repeats = 3
     parts = [
         f"### Bottleneck block: Mamba vs Transformer (CPU, {channels} channels, forward+backward, batch 1)\n\n"
-        + bottleneck_scaling(cpu, tokens, channels, cfg, repeats)
-        + "\n\nMamba's time grows about linearly with the token count, self-attention's about quadratically; "
-        "the memory columns are the activations kept for backward.",
+        + bottleneck_scaling(cpu, tokens, channels, cfg, repeats),
     ]
     scan_table, ratio = scan_vs_recurrence(cpu, 1024 if quick else 4096, 2 * channels, cfg.mamba_d_state, repeats)
     parts.append(f"### Pure-PyTorch selective scan vs step-by-step recurrence (CPU)\n\n{scan_table}\n\n"

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vertseg.config import ConfigError, VertsegConfig, build_config
+from vertseg.config import ConfigError, VertsegConfig, build_config, format_validation_error, read_yaml_mapping
 
 SSL_METHODS = frozenset({"proposed", "mean_teacher", "ua_mt", "cps", "unimatch"})
 
@@ -189,14 +189,9 @@ def base_raw(sweep: Sweep, sweep_dir: Path) -> dict[str, Any]:
         return {}
     path = sweep.base if sweep.base.is_absolute() else sweep_dir / sweep.base
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SweepError(f"base config {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise SweepError(f"base config {path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"base config {path} must hold a mapping")
-    return raw
+        return read_yaml_mapping(path, "base config")
+    except ConfigError as error:
+        raise SweepError(str(error)) from None
 
 
 def trial_config(raw: dict[str, Any], trial: TrialSpec, source: str = "<sweep>") -> VertsegConfig:
@@ -224,21 +219,11 @@ class SweepPlan(BaseModel):
 def load_sweep(path: Path | str) -> Sweep:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"sweep file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise SweepError(f"sweep file {path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"sweep file {path} must hold a mapping at the top level")
-    try:
-        return Sweep.model_validate(raw)
+        return Sweep.model_validate(read_yaml_mapping(path, "sweep file"))
+    except ConfigError as error:
+        raise SweepError(str(error)) from None
     except ValidationError as error:
-        lines = [f"invalid sweep file {path}:"]
-        for err in error.errors():
-            location = ".".join(str(p) for p in err["loc"]) or "<root>"
-            lines.append(f"  {location}: {err['msg']}")
-        raise SweepError("\n".join(lines)) from None
+        raise SweepError(format_validation_error(error, str(path), "sweep file")) from None
 
 
 def plan_sweep(

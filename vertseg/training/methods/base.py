@@ -85,11 +85,29 @@ def supervised_loss(output: SegIdOutput, batch: dict[str, torch.Tensor], config:
     return seg + loss_cfg.alpha_cls * ident
 
 
+def joint_forward(
+    student: nn.Module, labeled: dict[str, torch.Tensor], extra: list[torch.Tensor], ctx: StepContext,
+    fp: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, list[list[SegIdOutput]], SegIdOutput | None]:
+    """One forward over the labeled batch followed by the `extra` batches (one DDP forward per step).
+
+    Returns L_sup on the labeled part (summed over the bundle's members), each member's output split per batch,
+    and the feature-perturbed output when `fp` is given.
+    """
+    outputs, fp_out = student(torch.cat([labeled["image"], *extra]), fp=fp)
+    sizes = [labeled["image"].shape[0], *(e.shape[0] for e in extra)]
+    parts = [split_output(output, sizes) for output in outputs]
+    prefix = (lambda i: f"s{i}_") if len(parts) > 1 else (lambda i: "")
+    sup = sum(supervised_loss(p[0], labeled, ctx.config, ctx.logs, prefix=prefix(i)) for i, p in enumerate(parts))
+    return sup, parts, fp_out
+
+
 class Method:
-    """One training method of Table 3. Subclasses set the flags and implement `loss`.
+    """One training method of Table 3. Subclasses set the flags and implement `consistency_loss`.
 
     `students`: networks trained by SGD (2 for CPS); `uses_teacher`: keeps an EMA teacher; `uses_unlabeled`: draws
-    unlabeled batches (only while the consistency weight is positive).
+    unlabeled batches (only while the consistency weight is positive). While there are none, every method trains
+    on L_sup alone (Eq. 3), which is also the warm-up of Eq. 2.
     """
 
     name: str = ""
@@ -98,4 +116,10 @@ class Method:
     uses_unlabeled: bool = False
 
     def loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
-        raise NotImplementedError
+        if not self.uses_unlabeled or views.weak is None or ctx.consistency_weight <= 0:
+            return joint_forward(student, views.labeled, [], ctx)[0]
+        return self.consistency_loss(student, teacher, views, ctx)
+
+    def consistency_loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
+        """L_sup + lambda(t) L_cons for a step with unlabeled views."""
+        raise NotImplementedError(f"method {self.name!r} uses unlabeled data but defines no consistency loss")

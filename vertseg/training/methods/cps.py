@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vertseg.training.ema import EMATeacher
-from vertseg.training.methods.base import Method, StepContext, Views, split_output, supervised_loss
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward
 
 
 def _cross(student_out, other_out) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,17 +27,8 @@ class CPS(Method):
     students = 2
     uses_unlabeled = True
 
-    def loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
-        labeled = views.labeled
-        use_unlabeled = views.weak is not None and ctx.consistency_weight > 0
-        x = torch.cat([labeled["image"], views.weak]) if use_unlabeled else labeled["image"]
-        n_l = labeled["image"].shape[0]
-        outputs, _ = student(x)
-        sizes = [n_l, x.shape[0] - n_l] if use_unlabeled else [n_l]
-        parts = [split_output(o, sizes) for o in outputs]
-        sup = sum(supervised_loss(p[0], labeled, ctx.config, ctx.logs, prefix=f"s{i}_") for i, p in enumerate(parts))
-        if not use_unlabeled:
-            return sup
+    def consistency_loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
+        sup, parts, _ = joint_forward(student, views.labeled, [views.weak], ctx)
         a_seg, a_id = _cross(parts[0][1], parts[1][1])
         b_seg, b_id = _cross(parts[1][1], parts[0][1])
         cons_seg, cons_cls = a_seg + b_seg, a_id + b_id

@@ -15,7 +15,7 @@ from torch import nn
 
 from vertseg.training.ema import EMATeacher
 from vertseg.training.losses import probability_mse
-from vertseg.training.methods.base import Method, StepContext, Views, split_output, supervised_loss
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward
 from vertseg.training.schedules import ramp
 
 
@@ -24,15 +24,9 @@ class MeanTeacher(Method):
     uses_teacher = True
     uses_unlabeled = True
 
-    def loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
-        labeled = views.labeled
-        if views.strong is None or ctx.consistency_weight <= 0:
-            outputs, _ = student(labeled["image"])
-            return supervised_loss(outputs[0], labeled, ctx.config, ctx.logs)
-        n_l = labeled["image"].shape[0]
-        outputs, _ = student(torch.cat([labeled["image"], views.strong]))
-        sup_out, unl_out = split_output(outputs[0], [n_l, views.strong.shape[0]])
-        sup = supervised_loss(sup_out, labeled, ctx.config, ctx.logs)
+    def consistency_loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
+        sup, parts, _ = joint_forward(student, views.labeled, [views.strong], ctx)
+        unl_out = parts[0][1]
         seg_mask, id_mask, seg_t, id_t = self.targets(teacher, views.weak, ctx)
         cons_seg = probability_mse(unl_out.seg[0], seg_t, "binary", seg_mask)
         cons_cls = probability_mse(unl_out.identification, id_t, "multiclass", id_mask)

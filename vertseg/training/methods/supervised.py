@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from vertseg.training.ema import EMATeacher
-from vertseg.training.methods.base import Method, StepContext, Views, supervised_loss
+from vertseg.training.methods.base import Method
 
 
 class Supervised(Method):
@@ -14,7 +10,3 @@ class Supervised(Method):
 
     def __init__(self, name: str) -> None:
         self.name = name
-
-    def loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
-        outputs, _ = student(views.labeled["image"])
-        return supervised_loss(outputs[0], views.labeled, ctx.config, ctx.logs)

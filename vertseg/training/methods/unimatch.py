@@ -12,24 +12,18 @@ from torch import nn
 from vertseg.training.augment import strong_augment
 from vertseg.training.ema import EMATeacher
 from vertseg.training.losses import cls_consistency_loss, seg_consistency_loss
-from vertseg.training.methods.base import Method, StepContext, Views, split_output, supervised_loss
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward
 
 
 class UniMatch(Method):
     name = "unimatch"
     uses_unlabeled = True
 
-    def loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
-        labeled = views.labeled
-        if views.strong is None or ctx.consistency_weight <= 0:
-            outputs, _ = student(labeled["image"])
-            return supervised_loss(outputs[0], labeled, ctx.config, ctx.logs)
-        n_l, n_u = labeled["image"].shape[0], views.weak.shape[0]
+    def consistency_loss(self, student: nn.Module, teacher: EMATeacher | None, views: Views, ctx: StepContext) -> torch.Tensor:
+        n_l, n_u = views.labeled["image"].shape[0], views.weak.shape[0]
         strong2 = strong_augment(views.weak, ctx.config.augment, ctx.generator)
-        x = torch.cat([labeled["image"], views.weak, views.strong, strong2])
-        outputs, fp_out = student(x, fp=(n_l, n_l + n_u))
-        sup_out, weak_out, s1_out, s2_out = split_output(outputs[0], [n_l, n_u, n_u, n_u])
-        sup = supervised_loss(sup_out, labeled, ctx.config, ctx.logs)
+        sup, parts, fp_out = joint_forward(student, views.labeled, [views.weak, views.strong, strong2], ctx, fp=(n_l, n_l + n_u))
+        _, weak_out, s1_out, s2_out = parts[0]
         cfg = ctx.config.loss
         terms = {}
         for name, out, weight in (("s1", s1_out, 0.25), ("s2", s2_out, 0.25), ("fp", fp_out, 0.5)):
