@@ -134,7 +134,7 @@ def test_train_job_checkpoints_on_the_warning_signal_requeues_and_finishes_the_r
     assert "warning signal: stopping the command" in text and f"requeueing job {job}" in text
     assert "stopped (resume with --resume)" in text
     assert re.search(r"resumed at epoch [1-9]", text) and "finished after 12 epochs" in text
-    assert "--address auto --name vs-train --resume" in text
+    assert "--address auto --name vs-train --auto-resume" in text
     state = torch.load(run_dir / "best" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] >= 1
     run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
