@@ -42,7 +42,7 @@ def test_evaluation_and_report_come_from_the_trained_run(demo_run):
     assert evaluation["cases"] >= 1 and not evaluation["failed"]
     for key in ("binary_dice", "mean_vertebra_dice", "acc_id", "id_rate"):
         assert evaluation[key] is None or 0.0 <= evaluation[key] <= 1.0, key
-    assert 0.0 <= results["evaluate"]["metrics"]["test_binary_dice"] <= 1.0
+    assert 0.0 <= results["evaluate"]["metrics"]["test_dice"] <= 1.0
     html = Path(results["report"]["html"]).read_text()
     assert "<table>" in html and "data:image/png;base64," in html
     assert results["train"]["mlflow_run_id"] in html  # the report was read back from the MLflow run

@@ -9,34 +9,7 @@ import sys
 import pytest
 
 from vertseg.bench.quality import RunOutcome, diagnostics, mean_std, render, verdict
-from vertseg.steps import PhantomPools, split_metrics
-
-SUMMARY = {
-    "mean_vertebra_dice": 0.8, "acc_id": 0.5, "id_rate": 0.75, "binary_dice": 0.9, "mean_distance_mm": float("nan"),
-    "regions": {"cervical": {"mean_vertebra_dice": None, "acc_id": None},
-                "lumbar": {"mean_vertebra_dice": 0.7, "acc_id": 1.0}},
-    "per_case": {
-        "a": {"vertebrae": {"L1": {"dice": 0.6}, "T12": {"dice": 0.9}}},
-        "b": {"vertebrae": {"L1": {"dice": 0.8}}},
-    },
-}
-
-
-def test_split_metrics_uses_the_report_keys_and_drops_missing_values():
-    metrics = split_metrics(SUMMARY, "test")
-    assert metrics["test_dice"] == 0.8 and metrics["test_id_acc"] == 0.5 and metrics["test_id_rate"] == 0.75
-    assert metrics["test_dice_lumbar"] == 0.7 and metrics["test_id_acc_lumbar"] == 1.0
-    assert metrics["test_dice_L1"] == pytest.approx(0.7) and metrics["test_dice_T12"] == 0.9
-    assert "test_distance_mm" not in metrics and "test_dice_cervical" not in metrics
-    assert list(metrics).index("test_dice_T12") < list(metrics).index("test_dice_L1")  # cranio-caudal order
-
-    from vertseg.reporting.aggregate import RunRecord, comparison_rows, level_dice
-
-    record = RunRecord("r", "demo", "proposed", 0, None, metrics)
-    row = comparison_rows([record], "test")[0]
-    assert row.dice.mean == 0.8 and row.id_acc.mean == 0.5
-    assert level_dice([record], "test") == {"T12": [0.9], "L1": [pytest.approx(0.7)]}
-
+from vertseg.steps import PhantomPools
 
 def test_mean_std_is_the_sample_std_and_ignores_nan():
     assert mean_std([1.0, 3.0, math.nan]) == (2.0, pytest.approx(math.sqrt(2)))
@@ -55,7 +28,7 @@ def test_diagnostics_average_only_the_epochs_with_consistency():
 
 
 def _outcome(method: str, seed: int, dice: float) -> RunOutcome:
-    metrics = {"test_dice": dice, "test_binary_dice": dice, "test_id_acc": dice / 2, "test_id_rate": dice / 2}
+    metrics = {"test_vertebra_dice": dice, "test_dice": dice, "test_id_acc": dice / 2, "test_id_rate": dice / 2}
     return RunOutcome(method, seed, metrics, {"lambda_final": 0.5}, 10.0)
 
 

@@ -34,7 +34,7 @@ def test_single_process_training_writes_checkpoints_metrics_and_mlflow(tmp_path)
     assert [h["epoch"] for h in history] == [1, 2] and all("val_dice" in h for h in history)
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert state["epoch"] == 2 and state["step"] == 4 and state["teacher"] is not None
-    assert (run_dir / "checkpoints" / "best.pt").exists() and (run_dir / "config.yaml").exists()
+    assert (run_dir / "best" / "checkpoint.pt").exists() and (run_dir / "config.yaml").exists()
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("vertseg").experiment_id])[0]
     assert run.data.params["train.method"] == "proposed" and "val_dice" in run.data.metrics

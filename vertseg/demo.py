@@ -190,13 +190,12 @@ def stage_predict(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
 
 
 def stage_evaluate(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
-    from vertseg.steps import evaluate_predictions, split_metrics
+    from vertseg.steps import evaluate_predictions
 
     advance(None, None, "VerSe metrics")
     out_json = ctx.out / "evaluation" / "evaluation.json"
-    summary = evaluate_predictions(Path(ctx.results["predict"]["predictions"]),
+    metrics = evaluate_predictions(Path(ctx.results["predict"]["predictions"]),
                                    [Path(ctx.results["data"]["folders"]["test"])], out_json)
-    metrics = split_metrics(summary, "test")
     run_id = ctx.results["train"]["mlflow_run_id"]
     if run_id:
         from mlflow import MlflowClient
@@ -204,7 +203,7 @@ def stage_evaluate(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
 
         now = int(time.time() * 1000)
         MlflowClient(tracking_uri=ctx.tracking_uri).log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-    headline = {k: metrics[k] for k in ("test_dice", "test_id_acc", "test_id_rate", "test_binary_dice") if k in metrics}
+    headline = {k: metrics[k] for k in ("test_dice", "test_vertebra_dice", "test_id_acc", "test_id_rate") if k in metrics}
     advance(1, 1, " ".join(f"{k.removeprefix('test_')} {100 * v:.1f}%" for k, v in headline.items()))
     return {"evaluation": str(out_json), "metrics": headline}
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from vertseg.config import VertsegConfig
-from vertseg.labels import VERSE_NAMES
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -99,34 +98,15 @@ def predict_folder(
     return summary
 
 
-def evaluate_predictions(pred_dir: Path, gt: list[Path], out_json: Path) -> dict[str, Any]:
-    """VerSe-comparable metrics at 1 mm with the per-region split; writes the JSON + CSV, returns the summary."""
+def evaluate_predictions(pred_dir: Path, gt: list[Path], out_json: Path, split: str = "test") -> dict[str, float]:
+    """VerSe-comparable metrics at 1 mm with the per-region split; writes the JSON + CSV and returns the flat
+    `<split>_*` metrics under the names held-out evaluation logs (`vertseg.evaluation.holdout.flat_metrics`)."""
+    from vertseg.evaluation.holdout import flat_metrics
     from vertseg.evaluation.runner import evaluate_folder, write_report
 
     report = evaluate_folder(pred_dir, gt, by_region=True)
     if not report.cases:
         raise RuntimeError(f"no case of {pred_dir} could be evaluated: {report.failed}")
     write_report(report, out_json)
-    return report.summary
-
-
-def split_metrics(summary: dict[str, Any], split: str = "test") -> dict[str, float]:
-    """An evaluation summary as `<split>_<metric>[_<region|level>]` values, the keys `vertseg report` tabulates."""
-    values = {
-        f"{split}_dice": summary["mean_vertebra_dice"],
-        f"{split}_id_acc": summary["acc_id"],
-        f"{split}_id_rate": summary["id_rate"],
-        f"{split}_binary_dice": summary["binary_dice"],
-        f"{split}_distance_mm": summary["mean_distance_mm"],
-    }
-    for region, pooled in (summary.get("regions") or {}).items():
-        values[f"{split}_dice_{region}"] = pooled["mean_vertebra_dice"]
-        values[f"{split}_id_acc_{region}"] = pooled["acc_id"]
-    per_level: dict[str, list[float]] = {}
-    for case in summary.get("per_case", {}).values():
-        for name, vertebra in case["vertebrae"].items():
-            per_level.setdefault(name, []).append(vertebra["dice"])
-    order = {name: label for label, name in VERSE_NAMES.items()}
-    for name in sorted(per_level, key=lambda n: order.get(n, 99)):
-        values[f"{split}_dice_{name}"] = sum(per_level[name]) / len(per_level[name])
-    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+    metrics, _ = flat_metrics(report.cases, split)
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}

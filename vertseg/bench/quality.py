@@ -35,7 +35,7 @@ GPU_OVERRIDES = [  # --full: a real GPU budget, still phantoms; 40/80 of 100 epo
     "train.schedule.epochs=100", "train.schedule.iterations_per_epoch=50", "train.schedule.e_cons=40",
     "train.schedule.e_ramp=80", "train.validate_every=5", "train.loader_workers=4", "inference.localisation_spacing_mm=4.0",
 ]
-HEADLINE = (("test_dice", "Dice (%)"), ("test_binary_dice", "binary Dice (%)"), ("test_id_acc", "Acc_ID (%)"),
+HEADLINE = (("test_vertebra_dice", "Dice (%)"), ("test_dice", "binary Dice (%)"), ("test_id_acc", "Acc_ID (%)"),
             ("test_id_rate", "id-rate (%)"))
 
 
@@ -111,7 +111,7 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         rows.append([method, len(runs)] + cells + [f"{t / fsl_time:.2f}" if math.isfinite(fsl_time) and fsl_time else "n/a"])
     per_seed = [[o.method, o.seed] + [f"{100 * o.metrics.get(k, math.nan):.1f}" for k, _ in HEADLINE] for o in outcomes]
     diag_keys = ("lambda_final", "pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls", "val_dice_best",
-                 "student_binary_dice")
+                 "student_dice")
     diag_rows = [[o.method, o.seed] + [f"{o.diagnostics.get(k, math.nan):.3f}" for k in diag_keys]
                  + [f"{o.diagnostics.get('best_epoch', math.nan):.0f}"] for o in outcomes]
     setup = (
@@ -121,7 +121,7 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         f"(own patients; partial fields of view; variant rate {pools.variant_rate}). Config: "
         f"`vertseg/resources/demo.yaml` + `{' '.join(overrides)}`. Every method: same epochs, iterations, batch sizes "
         f"and seeds; single-process trainer; checkpoint = best validation epoch; test metrics from `vertseg evaluate` "
-        f"(1 mm, VerSe matching). Dice = mean per-vertebra Dice; Acc_ID = paper Eq. 15-17; id-rate = VerSe. "
+        f"(1 mm, VerSe matching). Dice = mean per-vertebra Dice; binary Dice = paper Eq. 14; Acc_ID = paper Eq. 15-17; id-rate = VerSe. "
         f"Mean ± sample std over seeds. Training time summed over runs: "
         f"{sum(o.train_seconds for o in outcomes) / 60:.1f} min ({parallel} runs at a time, {threads} torch thread(s) "
         f"each; `train time vs fsl` compares runs made side by side); this invocation: {wall_seconds / 60:.1f} min "
@@ -138,12 +138,12 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
             "Consistency diagnostics (means over the epochs after `e_cons`): `lambda_final` = consistency weight at the "
             "last epoch (Eq. 2), `pass_seg`/`pass_cls` = share of voxels / heatmap positions passing the confidence "
             "masks (Eq. 12-13), `loss_cons_*` = consistency losses, `val_dice_best` = best validation Dice of the "
-            "student and `best_epoch` its epoch, whose checkpoint is the one evaluated; `student_binary_dice` = test "
-            "binary Dice of that checkpoint's student weights (the tables above use the EMA teacher, as `vertseg "
-            "predict` does).", "",
+            "deployed weights (the EMA teacher once it was restarted at `e_cons`, else the student; validation and "
+            "`vertseg predict` use the same weights) and `best_epoch` its epoch, whose checkpoint is the one "
+            "evaluated; `student_dice` = test binary Dice of that checkpoint's student weights.", "",
             markdown_table(["method", "seed", *diag_keys, "best_epoch"], diag_rows),
         ]
-    student_gap = [o.diagnostics.get("student_binary_dice", math.nan) - f.metrics.get("test_binary_dice", math.nan)
+    student_gap = [o.diagnostics.get("student_dice", math.nan) - f.metrics.get("test_dice", math.nan)
                    for o in outcomes if o.method == "proposed" for f in outcomes if f.method == "fsl" and f.seed == o.seed]
     mean, std = mean_std(student_gap)
     if math.isfinite(mean):
@@ -164,9 +164,8 @@ def teacher_note(schedule: Any) -> str:
     return (f"EMA teacher: restarted from the student at epoch {schedule.e_cons}; after the {steps} consistency steps "
             f"of this schedule {100 * share:.0f}% of its weights are still that snapshot (alpha = {schedule.ema_decay}), "
             f"against {100 * paper:.0f}% after the paper's 60 x 250 steps, so the pseudo-labels still lean on the warm-up "
-            f"student. Validation (which picks the checkpoint) scores the student, but `vertseg predict` loads "
-            f"the checkpoint's EMA teacher, which lags the student; a checkpoint from epoch <= {schedule.e_cons} "
-            f"carries a teacher that is still {100 * warmup:.0f}% random initialisation.")
+            f"student. Before that restart the teacher is still {100 * warmup:.0f}% random initialisation, so validation "
+            f"(which picks the checkpoint) and `vertseg predict` use the student until then and the teacher after it.")
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -179,7 +178,7 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
     import torch
 
     from vertseg.distributed.train import run_training
-    from vertseg.steps import evaluate_predictions, predict_folder, split_metrics
+    from vertseg.steps import evaluate_predictions, predict_folder
 
     torch.set_num_threads(threads)
     name = f"{method}-seed{seed}"
@@ -194,7 +193,7 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
         raise RuntimeError(f"{name}: training was interrupted; rerun the benchmark to resume it")
     pred = work / "predictions" / name
     predict_folder(result.checkpoint_path, [test], pred)
-    metrics = split_metrics(evaluate_predictions(pred, [test], pred / "evaluation.json"), "test")
+    metrics = evaluate_predictions(pred, [test], pred / "evaluation.json")
     found = diagnostics(_history(result.run_dir), config.train.schedule.e_cons)
     if get_method(method).uses_teacher:
         found.update(student_metrics(result.checkpoint_path, test, work / "predictions" / f"{name}-student"))
@@ -204,13 +203,13 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
 
 
 def student_metrics(checkpoint: Path, test: Path, pred: Path) -> dict[str, float]:
-    """Test metrics of the student weights, to separate the consistency term's effect from the teacher/student
-    choice (validation scores the student, `vertseg predict` uses the EMA teacher)."""
-    from vertseg.steps import evaluate_predictions, predict_folder, split_metrics
+    """Test metrics of the student weights of a checkpoint whose deployed weights may be the EMA teacher, to
+    separate the consistency term's effect from the teacher/student choice."""
+    from vertseg.steps import evaluate_predictions, predict_folder
 
     predict_folder(checkpoint, [test], pred, student=True)
-    metrics = split_metrics(evaluate_predictions(pred, [test], pred / "evaluation.json"), "test")
-    return {f"student_{k}": metrics.get(f"test_{k}", math.nan) for k in ("binary_dice", "dice", "id_rate")}
+    metrics = evaluate_predictions(pred, [test], pred / "evaluation.json")
+    return {f"student_{k}": metrics.get(f"test_{k}", math.nan) for k in ("dice", "vertebra_dice", "id_rate")}
 
 
 def _line(outcome: RunOutcome) -> str:
@@ -234,8 +233,8 @@ def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test
             outcome = RunOutcome(**json.loads(saved.read_text()))
             run_dir = work / "runs" / f"{method}-seed{seed}"
             found = {**outcome.diagnostics, **diagnostics(_history(run_dir), e_cons)}
-            if get_method(method).uses_teacher and "student_binary_dice" not in found:
-                found.update(student_metrics(run_dir / "checkpoints" / "best.pt", test,
+            if get_method(method).uses_teacher and "student_dice" not in found:
+                found.update(student_metrics(run_dir / "best" / "checkpoint.pt", test,
                                              work / "predictions" / f"{method}-seed{seed}-student"))
             outcomes[(method, seed)] = RunOutcome(outcome.method, outcome.seed, outcome.metrics, found, outcome.train_seconds)
             echo(f"reused  {_line(outcomes[(method, seed)])}")

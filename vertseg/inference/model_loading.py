@@ -15,7 +15,7 @@ from torch import nn
 from vertseg.config import ConfigError, VertsegConfig, build_config
 from vertseg.model import build_model
 
-# Preference order of weights inside a checkpoint: the EMA teacher is the better model (section 2.4.3).
+# Fallback order when a checkpoint does not name the weights its training validated: EMA teacher first (2.4.3).
 STATE_KEYS = ("teacher", "ema", "teacher_state", "student", "model", "student_state", "state_dict")
 
 
@@ -56,7 +56,9 @@ def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list
 
 
 def state_dict_of(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
-    for key in STATE_KEYS:
+    """The weights inference should use: those the training validated (`inference_weights`), else STATE_KEYS order."""
+    validated = {"teacher": "teacher", "student": "model"}.get(payload.get("inference_weights"))
+    for key in ((validated,) if validated else ()) + STATE_KEYS:
         state = payload.get(key)
         if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
             return state, key

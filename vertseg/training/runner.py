@@ -1,7 +1,7 @@
 """Single-process training (`vertseg train --cpu-workers 0`): no Ray, checkpoints and metrics in the run folder.
 
 Layout of `RUN_DIR`: `config.yaml`, `metrics.jsonl` (one line per epoch), `checkpoints/latest.pt` (every epoch and
-on SIGTERM), `checkpoints/best.pt` (best validation score).
+on SIGTERM), `best/checkpoint.pt` + `best/metrics.json` (best validation score), as in a Ray run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vertseg.config import VertsegConfig, dump_config
-from vertseg.io import atomic_write_text
+from vertseg.io import atomic_write_json, atomic_write_text
 from vertseg.training.checkpoint import load_checkpoint, save_checkpoint
 from vertseg.training.data import build_training_data
 from vertseg.training.loop import EpochResult, fit
@@ -66,7 +66,7 @@ def train_local(
     """Train in this process; returns {"best": metrics, "best_checkpoint": path, "epochs": completed}."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    latest, best_path = ckpt_dir / "latest.pt", ckpt_dir / "best.pt"
+    latest, best_path = ckpt_dir / "latest.pt", run_dir / "best" / "checkpoint.pt"  # best/ as in Ray runs
     device = device or default_device()
     data = build_training_data(
         config, store, unlabeled, loader_workers=loader_workers, uses_unlabeled=get_method(config.train.method).uses_unlabeled
@@ -95,6 +95,7 @@ def train_local(
         save_checkpoint(latest, state)
         if is_best:
             save_checkpoint(best_path, state)
+            atomic_write_json(best_path.parent / "metrics.json", best)
         history.append({"epoch": result.epoch, "interrupted": result.interrupted, **result.metrics})
         atomic_write_text(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
         log(epoch_line(result, trainer.train_cfg.schedule.epochs, is_best))

@@ -191,9 +191,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Patch-level validation of the first student: Dice of the thresholded mask, identification accuracy over
-        foreground voxels at the identification resolution, and the supervised loss; summed over ranks."""
-        model = self.bundle.members[0]
+        """Patch-level validation of the deployed network (`deployed_weights`): Dice of the thresholded mask,
+        identification accuracy over foreground voxels at the identification resolution, and the supervised loss;
+        summed over ranks. Scoring the weights inference loads keeps the "best" checkpoint honest."""
+        model = self.teacher.module if self.deployed_weights == "teacher" else self.bundle.members[0]
         model.eval()
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # inter, total, correct, counted, loss, batches
         for batch in batches:
@@ -219,11 +220,21 @@ class Trainer:
             metrics["val_id_acc"] = correct / counted
         return metrics
 
+    @property
+    def deployed_weights(self) -> str:
+        """Which network inference uses: the EMA teacher once it tracks the trained student (it is re-initialised
+        from the student at the start of epoch E_cons), else the first student; a warm-up teacher still averages
+        in the random initialisation."""
+        if self.teacher is not None and self.epoch > self.train_cfg.schedule.e_cons:
+            return "teacher"
+        return "student"
+
     # ---- resume state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": "vertseg-train/1",
             "method": self.method.name,
+            "inference_weights": self.deployed_weights,
             "config_yaml": dump_config(self.config),
             "students": self.bundle.state_dict(),
             "model": self.bundle.members[0].state_dict(),
