@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from vertseg.config import build_config
+
 from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
 from vertseg.training.losses import (
     class_frequency_weights,
@@ -72,6 +74,16 @@ def test_identification_reweighting_balances_terms():
     assert loss.item() == pytest.approx(2 * 2 * 3 * 1 / 4)
     assert combine_identification(kl, inst, "none")[0].item() == 4.0
     assert combine_identification(torch.tensor(0.5), torch.tensor(0.5), "balance")[1:] == (1.0, 1.0)
+
+
+def test_default_reweighting_keeps_the_instance_term_alive_when_kl_has_converged():
+    """The spatial KL falls fast; the instance Dice (the per-voxel class competition inference uses) must keep its
+    weight, or identification never learns (what the `balance` rule did)."""
+    kl, inst = torch.tensor(0.003), torch.tensor(0.94)
+    loss, w_kl, w_inst = combine_identification(kl, inst, build_config().train.loss.id_reweighting)
+    assert w_inst == pytest.approx(2 * 0.94 / 0.943) and w_kl + w_inst == pytest.approx(2.0)
+    assert loss.item() == pytest.approx(w_kl * 0.003 + w_inst * 0.94)
+    assert combine_identification(kl, inst, "balance")[2] < 0.01  # the starved case, kept for comparison
 
 
 def test_seg_consistency_by_hand():

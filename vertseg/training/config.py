@@ -22,7 +22,7 @@ class LossConfig(BaseModel):
     heatmap_sigma: float = Field(2.0, gt=0)  # section 2.4.2: sigma = 2 voxels at the identification resolution
     lambda_cons: float = Field(0.5, ge=0)  # Table A1: maximum consistency weight
     temperature: float = Field(0.5, gt=0)  # Eq. 11-12: teacher heatmap softmax temperature T
-    id_reweighting: Literal["balance", "none"] = "balance"  # Eq. 3: "dynamically reweighted" KL and instance terms
+    id_reweighting: Literal["lagging", "balance", "none"] = "lagging"  # Eq. 3: "dynamically reweighted" KL and instance terms
     seg_pseudo_threshold: float = Field(0.5, gt=0, lt=1)  # Eq. 10: teacher probability -> binary pseudo-mask
 
     @model_validator(mode="after")
