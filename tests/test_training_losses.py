@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from vertseg.config import build_config
-
 from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
 from vertseg.training.losses import (
     class_frequency_weights,
