@@ -1,11 +1,17 @@
-"""The pure-PyTorch selective scan against the step-by-step recurrence, its gradients, and its autocast behaviour."""
+"""Both selective-scan backends (compiled CPU kernel, chunked PyTorch) against the step-by-step recurrence:
+values, gradients, autocast, and which backend runs where."""
 
 from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 import torch
 
-from vertseg.model.scan import selective_scan, selective_scan_reference
+from vertseg.model.scan import scan_backend, selective_scan, selective_scan_reference
+
+BACKENDS = ["compiled", "chunked"]
 
 
 def _inputs(batch, dim, n_state, length, seed=0, dtype=torch.float64):
@@ -23,59 +29,97 @@ def _inputs(batch, dim, n_state, length, seed=0, dtype=torch.float64):
     )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("length", [1, 5, 64, 131, 4096])
-def test_scan_equals_recurrence(length):
+def test_scan_equals_recurrence(length, backend):
     args = _inputs(2, 3, 4, length, seed=length)
     expected = selective_scan_reference(**args, delta_softplus=True)
     assert length < 64 or expected.abs().max() > 5.0  # long sequences really accumulate state
-    torch.testing.assert_close(selective_scan(**args, delta_softplus=True), expected, rtol=0, atol=1e-6)
+    got = selective_scan(**args, delta_softplus=True, backend=backend)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("chunk,segment_elements", [(2, 2**24), (16, 64 * 2 * 3 * 4), (32, 100 * 2 * 3 * 4)])
 def test_scan_chunking_and_segments_do_not_change_the_result(chunk, segment_elements):
     args = _inputs(2, 3, 4, 700, seed=1)
     expected = selective_scan_reference(**args, delta_softplus=True)
-    got = selective_scan(**args, delta_softplus=True, chunk=chunk, segment_elements=segment_elements)
+    got = selective_scan(**args, delta_softplus=True, backend="chunked", chunk=chunk, segment_elements=segment_elements)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-def test_scan_survives_strong_decay_without_overflow():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_survives_strong_decay_without_overflow(backend):
     args = _inputs(1, 2, 3, 300, seed=2)
     args["delta"] = args["delta"].abs() * 40  # decays down to exp(-160) per step: naive exp(-cumsum) would overflow
     args["delta_bias"] = None
-    got = selective_scan(**args)
+    got = selective_scan(**args, backend=backend)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, selective_scan_reference(**args), rtol=0, atol=1e-6)
 
 
-def test_scan_gradcheck():
-    args = _inputs(1, 2, 3, 10, seed=3)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_gradcheck(backend):
+    args = _inputs(2, 3, 3, 10, seed=3)
     names = ("u", "delta", "A", "B", "C", "D", "z")
     tensors = [args[n].clone().requires_grad_() for n in names]
 
     def fn(*ts):
-        return selective_scan(**dict(zip(names, ts)), delta_bias=args["delta_bias"], delta_softplus=True, chunk=4)
+        return selective_scan(**dict(zip(names, ts)), delta_bias=args["delta_bias"], delta_softplus=True,
+                              backend=backend, chunk=4)
 
     assert torch.autograd.gradcheck(fn, tensors)
 
 
-def test_segmented_backward_equals_reference_backward():
-    args = _inputs(1, 2, 3, 200, seed=4)
-    grads = []
-    for run in (
-        lambda a: selective_scan(**a, delta_softplus=True, chunk=8, segment_elements=48),
-        lambda a: selective_scan_reference(**a, delta_softplus=True),
-    ):
-        u = args["u"].clone().requires_grad_()
-        run({**args, "u": u}).square().sum().backward()
-        grads.append(u.grad)
-    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
+def _long_sequence_grads(run, args):
+    leaves = {name: args[name].clone().requires_grad_() for name in ("u", "delta", "A", "B", "C")}
+    run({**args, **leaves}).square().sum().backward()
+    return {name: leaf.grad for name, leaf in leaves.items()}
 
 
-def test_scan_runs_in_float32_under_autocast():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_sequence_backward_equals_reference_backward(backend):
+    args = _inputs(2, 5, 3, 600, seed=4)
+    got = _long_sequence_grads(
+        lambda a: selective_scan(**a, delta_softplus=True, backend=backend, chunk=8, segment_elements=96), args)
+    expected = _long_sequence_grads(lambda a: selective_scan_reference(**a, delta_softplus=True), args)
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-6, msg=name)
+
+
+def test_compiled_scan_propagates_nan():
+    args = _inputs(1, 2, 3, 20, seed=6)
+    args["u"][0, 1, 7] = float("nan")
+    got = selective_scan(**args, backend="compiled")
+    assert torch.isnan(got[0, 1, 7:]).all() and torch.isfinite(got[0, 0]).all() and torch.isfinite(got[0, 1, :7]).all()
+
+
+def _compiled_scan_sum(seed: int) -> float:
+    return float(selective_scan(**_inputs(2, 8, 4, 300, seed=seed), backend="compiled").sum())
+
+
+def test_compiled_scan_runs_in_forked_children_and_concurrent_threads():
+    """DataLoader workers fork after the parent trained (GNU OpenMP would abort them); Ray Train runs the loop in a
+    thread beside others (numba's workqueue pool must not be entered twice at once)."""
+    expected = [_compiled_scan_sum(seed) for seed in range(4)]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert list(pool.map(_compiled_scan_sum, range(4))) == expected
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(_compiled_scan_sum, range(4))) == expected
+
+
+def test_auto_backend_is_compiled_on_cpu_and_chunked_elsewhere():
+    assert scan_backend(torch.zeros(1)) == "compiled"
+    assert scan_backend(torch.zeros(1, device="meta")) == "chunked"
+    args = _inputs(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="backend must be"):
+        selective_scan(**args, backend="fast")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_runs_in_float32_under_autocast(backend):
     args = {k: v.float() for k, v in _inputs(1, 4, 2, 50, seed=5).items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = selective_scan(**args, delta_softplus=True)
+        got = selective_scan(**args, delta_softplus=True, backend=backend)
     assert got.dtype == torch.float32
     expected = selective_scan_reference(**{k: v.double() for k, v in args.items()}, delta_softplus=True)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)

@@ -48,7 +48,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         overrides: list[str] = SetOption,
         quick: bool = typer.Option(False, "--quick", help="Fewer tokens, a 64x32x32 patch, fewer repeats (a few minutes on CPU)."),
     ) -> None:
-        """Mamba vs Transformer bottleneck scaling, chunked scan vs naive recurrence, ablation variant costs."""
+        """Mamba vs Transformer bottleneck scaling, scan backends vs the naive recurrence, ablation variant costs."""
         settings = config_or_exit(config, overrides)
         from vertseg.bench.model import run_model_bench
 

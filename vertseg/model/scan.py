@@ -1,12 +1,15 @@
-"""Mamba's selective scan in pure PyTorch: a chunked parallel form and the step-by-step reference it must equal.
+"""Mamba's selective scan off the fused CUDA kernels: a compiled CPU kernel (`scan_cpu.py`), a chunked
+pure-PyTorch form for any other device or when numba is missing, and the step-by-step reference both must equal.
 
-Both functions follow the argument layout of `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`:
+Every form follows the argument layout of `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`:
 `u`, `delta`, `z`: (B, D, L); `A`: (D, N); `B`, `C`: (B, N, L); `D`, `delta_bias`: (D,). The recurrence is
 
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t,    y_t = <C_t, h_t> + D * u_t,    y_t *= silu(z_t).
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -100,35 +103,63 @@ def _scan_states(u, delta, A, B, C, h0, chunk):
     return y.transpose(1, 2), states[:, -1]
 
 
-def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    chunk: int = DEFAULT_CHUNK, segment_elements: int = SEGMENT_ELEMENTS,
-):
-    """Vectorised selective scan (`linear_recurrence` over the (d_inner, d_state) states), then y_t = <C_t, h_t>.
+@cache
+def compiled_cpu_scan():
+    """`scan_cpu.compiled_scan`, or None when numba is not importable (the chunked scan then runs on CPU too)."""
+    try:
+        from vertseg.model.scan_cpu import compiled_scan
+    except ImportError:
+        return None
+    return compiled_scan
 
-    Long sequences are cut into segments of about `segment_elements` state entries, run one after the other, and
-    under autograd each segment is checkpointed (its states recomputed in backward, as the fused kernel does), so
-    activation memory is that of the inputs, not of the (L, d_inner, d_state) states.
-    Runs in at least float32; autocast is disabled here because the recurrence is unstable in fp16/bf16.
-    """
+
+def scan_backend(u: torch.Tensor) -> str:
+    """'compiled' for CPU tensors when numba imports, else 'chunked' (meta tensors, GPUs without mamba_ssm)."""
+    return "compiled" if u.device.type == "cpu" and compiled_cpu_scan() is not None else "chunked"
+
+
+def _chunked_scan(u, delta, A, B, C, chunk, segment_elements):
+    """Segments of about `segment_elements` state entries, run one after the other; under autograd each segment is
+    checkpointed (its states recomputed in backward, as the fused kernel does), so activation memory is that of the
+    inputs, not of the (L, d_inner, d_state) states."""
     if chunk < 2:
         raise ValueError(f"selective scan: chunk must be >= 2 (got {chunk}); the chunk-end recurrence shrinks by it")
+    batch, dim, length = u.shape
+    per_token = batch * dim * A.shape[1]
+    segment = max(chunk, segment_elements // per_token)
+    state = u.new_zeros(batch, dim, A.shape[1])
+    checkpointed = torch.is_grad_enabled()
+    outputs = []
+    for begin in range(0, length, segment):
+        part = [t[..., begin : begin + segment] for t in (u, delta, B, C)]
+        if checkpointed:
+            y, state = checkpoint(_scan_states, part[0], part[1], A, part[2], part[3], state, chunk, use_reentrant=False)
+        else:
+            y, state = _scan_states(part[0], part[1], A, part[2], part[3], state, chunk)
+        outputs.append(y)
+    return torch.cat(outputs, dim=-1)
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    backend: str = "auto", chunk: int = DEFAULT_CHUNK, segment_elements: int = SEGMENT_ELEMENTS,
+):
+    """The selective scan by `backend`: 'compiled' (CPU, numba), 'chunked' (`linear_recurrence`, any device) or
+    'auto' (`scan_backend`). `chunk` and `segment_elements` tune the chunked form only.
+
+    Runs in at least float32; autocast is disabled here because the recurrence is unstable in fp16/bf16.
+    """
+    backend = scan_backend(u) if backend == "auto" else backend
+    if backend not in ("compiled", "chunked"):
+        raise ValueError(f"selective scan: backend must be 'auto', 'compiled' or 'chunked', got {backend!r}")
+    if backend == "compiled" and compiled_cpu_scan() is None:
+        raise ValueError("selective scan: the compiled backend needs numba (pip install numba)")
     out_dtype = u.dtype
     device_type = u.device.type if torch.amp.is_autocast_available(u.device.type) else "cpu"  # e.g. meta
     with torch.autocast(device_type=device_type, enabled=False):
         u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-        batch, dim, length = u.shape
-        per_token = batch * dim * A.shape[1]
-        segment = max(chunk, segment_elements // per_token)
-        state = u.new_zeros(batch, dim, A.shape[1])
-        checkpointed = torch.is_grad_enabled()  # like mamba_ssm's kernel: keep inputs, recompute states in backward
-        outputs = []
-        for begin in range(0, length, segment):
-            part = [t[..., begin : begin + segment] for t in (u, delta, B, C)]
-            if checkpointed:
-                y, state = checkpoint(_scan_states, part[0], part[1], A, part[2], part[3], state, chunk, use_reentrant=False)
-            else:
-                y, state = _scan_states(part[0], part[1], A, part[2], part[3], state, chunk)
-            outputs.append(y)
-        y = torch.cat(outputs, dim=-1)
+        if backend == "compiled":
+            y = compiled_cpu_scan()(u, delta, A, B, C)
+        else:
+            y = _chunked_scan(u, delta, A, B, C, chunk, segment_elements)
         return _finish(y, u, D, z, out_dtype)
