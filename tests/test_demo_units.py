@@ -8,13 +8,25 @@ import sys
 
 import pytest
 
-from vertseg.bench.quality import RunOutcome, diagnostics, mean_std, render, verdict
+from vertseg.bench.quality import RunOutcome, diagnostics, labeled_coverage, mean_std, render, verdict
 from vertseg.steps import PhantomPools
 
 def test_mean_std_is_the_sample_std_and_ignores_nan():
     assert mean_std([1.0, 3.0, math.nan]) == (2.0, pytest.approx(math.sqrt(2)))
     assert mean_std([0.5]) == (0.5, 0.0)
     assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_labeled_coverage_names_the_levels_no_labeled_scan_shows():
+    from vertseg.training.data import split_labeled
+
+    scans = {"a": set(range(1, 8)), "b": set(range(8, 20)), "c": set(range(16, 25)), "d": {20, 21}}
+    lines = labeled_coverage(scans, seeds=3).removesuffix(".").split(": ", 1)[1].split("; ")
+    for seed, line in enumerate(lines):
+        (kept,), _ = split_labeled(list(scans), 0.25, seed)
+        assert line.startswith(f"seed {seed}: 1 labeled scans show {len(scans[kept])}/24 of C1-L5 (never: ")
+        never = line.split("never: ")[1].rstrip(")").split()
+        assert ("C1" in never) == (1 not in scans[kept]) and ("L5" in never) == (24 not in scans[kept])
 
 
 def test_diagnostics_average_only_the_epochs_with_consistency():

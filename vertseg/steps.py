@@ -27,6 +27,7 @@ class PhantomPools:
     test: int
     seed: int = 0
     variant_rate: float = 0.1
+    size: str = "small"  # synth size preset: field of view and cranio-caudal coverage (`vertseg synth --size`)
 
 
 def make_phantom_pools(root: Path, pools: PhantomPools) -> dict[str, Path]:
@@ -44,7 +45,7 @@ def make_phantom_pools(root: Path, pools: PhantomPools) -> dict[str, Path]:
         if count == 0:
             continue
         folder = Path(root) / name
-        generate_dataset(folder, count, "verse20", pools.seed + offset, "small", labeled_fraction=fraction, splits=splits,
+        generate_dataset(folder, count, "verse20", pools.seed + offset, pools.size, labeled_fraction=fraction, splits=splits,
                          variant_rate=pools.variant_rate, multi_scan_rate=0.0, first_id=first_id, overwrite=True)
         out[name] = folder
     return out

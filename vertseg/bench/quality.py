@@ -9,11 +9,12 @@ evaluation is reused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from vertseg.steps import RESOURCES, PhantomPools
 from vertseg.training.methods import get_method
 
 LABELED_FRACTION = 0.25  # Table 2: 25% of the labeled pool keeps its labels, the rest is unlabeled
-CPU_POOLS = PhantomPools(training=8, validation=2, unlabeled=0, test=4, seed=2026, variant_rate=0.25)
-GPU_POOLS = PhantomPools(training=32, validation=4, unlabeled=0, test=12, seed=2026, variant_rate=0.25)
+# Identification can only be learned for vertebrae some labeled scan shows: 16 "medium" scans (220-420 mm, about
+# 10-16 vertebrae each) leave 4 labeled ones that together cover C1-L5 in most draws; 8 "small" scans (170-200 mm)
+# left 2 that never showed the thoracic levels the test scans hold (Acc_ID 0 for every method, any budget).
+CPU_POOLS = PhantomPools(training=16, validation=2, unlabeled=0, test=4, seed=2026, variant_rate=0.25, size="medium")
+GPU_POOLS = PhantomPools(training=32, validation=4, unlabeled=0, test=12, seed=2026, variant_rate=0.25, size="medium")
 CPU_OVERRIDES = [  # demo.yaml model and data, twice its steps; the schedule keeps the paper's 40%/80% shape
     "train.schedule.epochs=20", "train.schedule.iterations_per_epoch=8", "train.schedule.e_cons=8",
     "train.schedule.e_ramp=16", "train.validate_every=4", "train.loader_workers=0",
@@ -118,7 +122,7 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         f"Phantoms (`vertseg/bench/quality.py`): labeled pool {pools.training} training + {pools.validation} validation "
         f"scans, {int(100 * LABELED_FRACTION)}% of the training scans keep their labels (`train.labeled_fraction`, chosen "
         f"per seed, the same for every method), the rest is the unlabeled pool; {pools.test} held-out test scans "
-        f"(own patients; partial fields of view; variant rate {pools.variant_rate}). Config: "
+        f"(own patients; partial fields of view; variant rate {pools.variant_rate}); synth size `{pools.size}`. Config: "
         f"`vertseg/resources/demo.yaml` + `{' '.join(overrides)}`. Every method: same epochs, iterations, batch sizes "
         f"and seeds; single-process trainer; checkpoint = best validation epoch; test metrics from `vertseg evaluate` "
         f"(1 mm, VerSe matching). Dice = mean per-vertebra Dice; binary Dice = paper Eq. 14; Acc_ID = paper Eq. 15-17; id-rate = VerSe. "
@@ -260,6 +264,31 @@ def scale_schedule(overrides: list[str], budget: int) -> list[str]:
     return out
 
 
+def labeled_coverage(labels_by_scan: dict[str, set[int]], seeds: int) -> str:
+    """Which C1-L5 levels each seed's labeled scans show (`labels_by_scan`: the training scans of the labeled pool
+    and the VerSe labels each holds): identification can only be learned for those."""
+    from vertseg.labels import VERSE_NAMES
+    from vertseg.training.data import split_labeled
+
+    lines = []
+    for seed in range(seeds):
+        kept, _ = split_labeled(list(labels_by_scan), LABELED_FRACTION, seed)
+        shown = set().union(*(labels_by_scan[scan] for scan in kept))
+        missing = [VERSE_NAMES[label] for label in range(1, 25) if label not in shown]
+        lines.append(f"seed {seed}: {len(kept)} labeled scans show {24 - len(missing)}/24 of C1-L5"
+                     + (f" (never: {' '.join(missing)})" if missing else ""))
+    return "Labeled coverage (identification is learned only for levels a labeled scan shows): " + "; ".join(lines) + "."
+
+
+def store_labels(store: Path, config: Any) -> dict[str, set[int]]:
+    """VerSe labels of each training scan of the store's labeled pool, from the per-case label counts."""
+    from vertseg.data.store import VertStore
+
+    vertstore = VertStore(store, config.data.hu_window)
+    return {case: {int(k) for k in vertstore.attrs(case).get("label_counts", {})} - {0}
+            for case in vertstore.cases(split="training", pool="labeled")}
+
+
 def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path, parallel: int = 2,
                       threads: int = 1, echo: Callable[[str], None] = print, budget: int = 1) -> Path:
     """Phantoms + store once, then every (method, seed) run; writes the `quality` section of `output`
@@ -269,7 +298,8 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
     start = time.perf_counter()
     pools, overrides = (GPU_POOLS, GPU_OVERRIDES) if full else (CPU_POOLS, CPU_OVERRIDES)
     overrides = scale_schedule(overrides, budget)
-    work = Path(workdir) / (("full" if full else "cpu") + (f"-x{budget}" if budget != 1 else ""))
+    fingerprint = hashlib.sha1(json.dumps(asdict(pools), sort_keys=True).encode()).hexdigest()[:8]
+    work = Path(workdir) / (("full" if full else "cpu") + (f"-x{budget}" if budget != 1 else "") + f"-{fingerprint}")
     config = load_config(RESOURCES / "demo.yaml", overrides)
     store = work / "store.zarr"
     if not (store / "manifest.json").exists():
@@ -280,7 +310,7 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
     jobs = [(method, seed) for seed in range(seeds) for method in methods]
     outcomes = run_all(jobs, overrides, store, test, work, parallel, threads, echo, config.train.schedule.e_cons)
     body = render(outcomes, methods, pools, overrides, time.perf_counter() - start, parallel, threads,
-                  config.train.schedule)
+                  config.train.schedule) + "\n\n" + labeled_coverage(store_labels(store, config), seeds)
     command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (
         f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "") + (
         f" --budget {budget}" if budget != 1 else "")
