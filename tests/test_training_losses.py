@@ -18,6 +18,7 @@ from vertseg.training.losses import (
     instance_dice_loss,
     kl_heatmap_loss,
     seg_consistency_loss,
+    teacher_foreground,
 )
 from vertseg.training.losses.segmentation import bce_loss, soft_dice_loss
 
@@ -99,15 +100,29 @@ def test_seg_consistency_by_hand():
 def test_cls_consistency_by_hand():
     # two voxels; classes 0 (background), 1, 2. Teacher: voxel 0 -> class 2 (confident), voxel 1 -> background
     teacher = torch.tensor([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 1, 2)
-    student = torch.zeros(1, 3, 1, 1, 2)  # uniform: CE = ln 3
+    student = torch.zeros(1, 3, 1, 1, 2)
+    student[:, 0] = 5.0  # the background channel does not take part: CE over the 2 vertebra channels = ln 2
     weights = torch.tensor([0.5, 1.5])
     loss, passed = cls_consistency_loss(student, teacher, tau=0.5, temperature=0.5, class_weights=weights)
-    # softmax(4/0.5 = 8 vs 0) confidence ~ 0.9993 > 0.5; background voxel excluded -> w_2 * ln 3 / 1 voxel
-    assert loss.item() == pytest.approx(1.5 * math.log(3), abs=1e-5)
+    # softmax(4/0.5 = 8 vs 0) confidence ~ 0.9993 > 0.5; background voxel excluded -> w_2 * ln 2 / 1 voxel
+    assert loss.item() == pytest.approx(1.5 * math.log(2), abs=1e-5)
     assert passed == pytest.approx(0.5)
     # temperature matters: at T = 8 the confidence e^0.5/(e^0.5+2) = 0.45 falls below tau = 0.5
     loss, passed = cls_consistency_loss(student, teacher, tau=0.5, temperature=8.0, class_weights=weights)
     assert passed == 0.0
+
+
+def test_cls_consistency_ignores_confident_classes_outside_the_teacher_foreground():
+    # both voxels confidently class 1 in the heatmaps, but the teacher's segmentation sees bone only under voxel 0
+    teacher_id = torch.tensor([[0.0, 4.0, 0.0], [0.0, 4.0, 0.0]]).T.reshape(1, 3, 1, 1, 2)
+    seg_full = torch.full((1, 1, 4, 4, 8), -6.0)
+    seg_full[..., :4] = 6.0  # the left half of the patch (voxel 0 of the 1/4 grid) is foreground
+    region = teacher_foreground(seg_full, (1, 1, 2), threshold=0.5)
+    assert region.tolist() == [[[[True, False]]]]
+    student = torch.zeros(1, 3, 1, 1, 2)
+    loss, passed = cls_consistency_loss(student, teacher_id, 0.5, 0.5, torch.ones(2), foreground=region)
+    assert passed == pytest.approx(0.5) and loss.item() == pytest.approx(math.log(2), abs=1e-5)
+    assert cls_consistency_loss(student, teacher_id, 0.5, 0.5, torch.ones(2))[1] == pytest.approx(1.0)
 
 
 def test_class_frequency_weights_sum_to_k_and_favour_rare_classes():

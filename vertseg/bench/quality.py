@@ -97,7 +97,13 @@ def verdict(outcomes: list[RunOutcome], baseline: str = "fsl", method: str = "pr
         if not math.isfinite(mean):
             continue
         wins = sum(d > 0 for d in diffs)
-        word = "beats" if mean > 0 and wins > len(seeds) / 2 else "does not beat"
+        noise = 2 * std / math.sqrt(len(seeds)) if len(seeds) > 1 else 0.0  # two standard errors of the paired mean
+        if mean > noise and wins > len(seeds) / 2:
+            word = "beats"
+        elif mean > 0 and wins > len(seeds) / 2:
+            word = "is within noise (2 standard errors) of"
+        else:
+            word = "does not beat"
         lines.append(f"- {label.removesuffix(' (%)')}: `{method}` {word} `{baseline}`: paired difference "
                      f"{100 * mean:+.1f} ± {100 * std:.1f} points, better on {wins}/{len(seeds)} seeds.")
     return "\n".join(lines)
@@ -165,10 +171,11 @@ def teacher_note(schedule: Any) -> str:
     share = schedule.ema_decay ** steps
     paper = schedule.ema_decay ** (60 * 250)
     warmup = schedule.ema_decay ** (schedule.e_cons * schedule.iterations_per_epoch)
+    lean = ("so the pseudo-labels still lean on the warm-up student" if share > 0.05
+            else "so, as in the paper, the teacher has left that snapshot behind")
     return (f"EMA teacher: restarted from the student at epoch {schedule.e_cons}; after the {steps} consistency steps "
             f"of this schedule {100 * share:.0f}% of its weights are still that snapshot (alpha = {schedule.ema_decay}), "
-            f"against {100 * paper:.0f}% after the paper's 60 x 250 steps, so the pseudo-labels still lean on the warm-up "
-            f"student. Before that restart the teacher is still {100 * warmup:.0f}% random initialisation, so validation "
+            f"against {100 * paper:.0f}% after the paper's 60 x 250 steps, {lean}. Before that restart the teacher is still {100 * warmup:.0f}% random initialisation, so validation "
             f"(which picks the checkpoint) and `vertseg predict` use the student until then and the teacher after it.")
 
 

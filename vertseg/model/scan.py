@@ -84,7 +84,7 @@ def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, ch
     shape = (b.shape[0], (length + pad) // width, width, *b.shape[2:])
     log_decay = torch.cumsum(log_a.reshape(shape), dim=2)
     decay = torch.exp(log_decay)
-    intra = decay * torch.cumsum(torch.exp(-log_decay) * b.reshape(shape), dim=2)
+    intra = decay * torch.cumsum(torch.reciprocal(decay) * b.reshape(shape), dim=2)  # 1/exp(S): one exp per entry, not two
     if shape[1] == 1:
         start = h0[:, None]
     else:

@@ -159,6 +159,7 @@ class _CompiledScan(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B.transpose(1, 2), grad_C.transpose(1, 2)
 
 
+@torch.compiler.disable  # numba calls cannot be traced; `train.compile` graphs break here, as around a custom kernel
 def compiled_scan(u, delta, A, B, C) -> torch.Tensor:
     """y_t = <C_t, h_t> for prepared CPU inputs of one float dtype (float32 or float64), differentiable."""
     return _CompiledScan.apply(u, delta, A, B, C)

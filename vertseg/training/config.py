@@ -24,6 +24,7 @@ class LossConfig(BaseModel):
     temperature: float = Field(0.5, gt=0)  # Eq. 11-12: teacher heatmap softmax temperature T
     id_reweighting: Literal["lagging", "balance", "none"] = "lagging"  # Eq. 3: "dynamically reweighted" KL and instance terms
     seg_pseudo_threshold: float = Field(0.5, gt=0, lt=1)  # Eq. 10: teacher probability -> binary pseudo-mask
+    cls_pseudo_region: Literal["teacher_foreground", "heatmap"] = "teacher_foreground"  # Eq. 11: where "excluding the background" looks for background
 
     @model_validator(mode="after")
     def _weights_sum_to_one(self) -> "LossConfig":

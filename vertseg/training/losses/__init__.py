@@ -5,6 +5,7 @@ from vertseg.training.losses.consistency import (
     cls_consistency_loss,
     probability_mse,
     seg_consistency_loss,
+    teacher_foreground,
 )
 from vertseg.training.losses.identification import combine_identification, instance_dice_loss, kl_heatmap_loss
 from vertseg.training.losses.segmentation import deep_supervision_loss, dice_bce
@@ -19,4 +20,5 @@ __all__ = [
     "kl_heatmap_loss",
     "probability_mse",
     "seg_consistency_loss",
+    "teacher_foreground",
 ]

@@ -12,7 +12,15 @@ from vertseg.model import SegIdOutput
 from vertseg.training.config import TrainConfig
 from vertseg.training.ema import EMATeacher
 from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
-from vertseg.training.losses import combine_identification, deep_supervision_loss, instance_dice_loss, kl_heatmap_loss
+from vertseg.training.losses import (
+    cls_consistency_loss,
+    combine_identification,
+    deep_supervision_loss,
+    instance_dice_loss,
+    kl_heatmap_loss,
+    seg_consistency_loss,
+    teacher_foreground,
+)
 
 ID_FACTOR = 4  # identification heatmaps at 1/4 resolution (section 2.3)
 
@@ -83,6 +91,20 @@ def supervised_loss(output: SegIdOutput, batch: dict[str, torch.Tensor], config:
     ident, w_kl, w_inst = combine_identification(kl, inst, loss_cfg.id_reweighting)
     logs.update({f"{prefix}loss_kl": float(kl.detach()), f"{prefix}loss_inst": float(inst.detach()), f"{prefix}w_kl": w_kl, f"{prefix}w_inst": w_inst})
     return seg + loss_cfg.alpha_cls * ident
+
+
+def pseudo_label_losses(student: SegIdOutput, teacher: SegIdOutput, ctx: StepContext
+                        ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Eq. 10 and 11 of one student view against the (detached) teacher or weak-view outputs:
+    (L_cons^seg, L_cons^cls, pass_seg, pass_cls), identification pseudo-labels limited as `loss.cls_pseudo_region` says."""
+    cfg = ctx.config.loss
+    target_seg, target_id = teacher.seg[0].detach(), teacher.identification.detach()
+    seg, pass_seg = seg_consistency_loss(student.seg[0], target_seg, ctx.tau_seg, cfg.seg_pseudo_threshold)
+    region = (teacher_foreground(target_seg, tuple(target_id.shape[2:]), cfg.seg_pseudo_threshold)
+              if cfg.cls_pseudo_region == "teacher_foreground" else None)
+    cls, pass_cls = cls_consistency_loss(student.identification, target_id, ctx.tau_cls, cfg.temperature,
+                                         ctx.class_weights, region)
+    return seg, cls, pass_seg, pass_cls
 
 
 def joint_forward(

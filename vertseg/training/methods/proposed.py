@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from vertseg.training.ema import EMATeacher
-from vertseg.training.losses import cls_consistency_loss, seg_consistency_loss
-from vertseg.training.methods.base import Method, StepContext, Views, joint_forward
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward, pseudo_label_losses
 
 
 class Proposed(Method):
@@ -20,10 +19,7 @@ class Proposed(Method):
         unl_out = parts[0][1]
         with torch.no_grad():
             target = teacher(views.weak)
-        cons_seg, pass_seg = seg_consistency_loss(unl_out.seg[0], target.seg[0], ctx.tau_seg, ctx.config.loss.seg_pseudo_threshold)
-        cons_cls, pass_cls = cls_consistency_loss(
-            unl_out.identification, target.identification, ctx.tau_cls, ctx.config.loss.temperature, ctx.class_weights
-        )
+        cons_seg, cons_cls, pass_seg, pass_cls = pseudo_label_losses(unl_out, target, ctx)
         ctx.logs.update(loss_cons_seg=float(cons_seg.detach()), loss_cons_cls=float(cons_cls.detach()),
                         pass_seg=pass_seg, pass_cls=pass_cls)
         return sup + ctx.consistency_weight * (cons_seg + cons_cls)

@@ -11,8 +11,7 @@ from torch import nn
 
 from vertseg.training.augment import strong_augment
 from vertseg.training.ema import EMATeacher
-from vertseg.training.losses import cls_consistency_loss, seg_consistency_loss
-from vertseg.training.methods.base import Method, StepContext, Views, joint_forward
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward, pseudo_label_losses
 
 
 class UniMatch(Method):
@@ -24,13 +23,9 @@ class UniMatch(Method):
         strong2 = strong_augment(views.weak, ctx.config.augment, ctx.generator)
         sup, parts, fp_out = joint_forward(student, views.labeled, [views.weak, views.strong, strong2], ctx, fp=(n_l, n_l + n_u))
         _, weak_out, s1_out, s2_out = parts[0]
-        cfg = ctx.config.loss
         terms = {}
         for name, out, weight in (("s1", s1_out, 0.25), ("s2", s2_out, 0.25), ("fp", fp_out, 0.5)):
-            seg, pass_seg = seg_consistency_loss(out.seg[0], weak_out.seg[0].detach(), ctx.tau_seg, cfg.seg_pseudo_threshold)
-            cls, pass_cls = cls_consistency_loss(
-                out.identification, weak_out.identification.detach(), ctx.tau_cls, cfg.temperature, ctx.class_weights
-            )
+            seg, cls, pass_seg, pass_cls = pseudo_label_losses(out, weak_out, ctx)
             terms[name] = (weight * seg, weight * cls)
             if name == "s1":
                 ctx.logs.update(pass_seg=pass_seg, pass_cls=pass_cls)
