@@ -175,7 +175,8 @@ def teacher_note(schedule: Any) -> str:
             else "so, as in the paper, the teacher has left that snapshot behind")
     return (f"EMA teacher: restarted from the student at epoch {schedule.e_cons}; after the {steps} consistency steps "
             f"of this schedule {100 * share:.0f}% of its weights are still that snapshot (alpha = {schedule.ema_decay}), "
-            f"against {100 * paper:.0f}% after the paper's 60 x 250 steps, {lean}. Before that restart the teacher is still {100 * warmup:.0f}% random initialisation, so validation "
+            f"against {100 * paper:.0f}% after the paper's 60 x 250 steps, {lean}. Before that restart the teacher is "
+            f"still {100 * warmup:.0f}% random initialisation, so validation "
             f"(which picks the checkpoint) and `vertseg predict` use the student until then and the teacher after it.")
 
 

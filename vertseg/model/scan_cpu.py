@@ -60,12 +60,13 @@ def _forward_kernel(u, delta, A, B, C):
     batch, dim, length = u.shape
     n_state = A.shape[1]
     y = np.empty_like(u)
+    A64 = A.astype(np.float64)
     for job in numba.prange(batch * dim):
         b, d = job // dim, job % dim
         state = np.zeros(n_state, dtype=u.dtype)
         decays = np.empty(n_state, dtype=np.float64)
         exponent_bits = np.empty(n_state, dtype=np.int64)
-        a_row = A[d].astype(np.float64)
+        a_row = A64[d]
         for t in range(length):
             dt = delta[b, d, t]
             _fill_decays(np.float64(dt), a_row, decays, exponent_bits)
@@ -92,13 +93,14 @@ def _backward_kernel(u, delta, A, B, C, grad_y, groups):
     grad_A = np.zeros_like(A)
     grad_B = np.zeros((groups, batch, length, n_state), dtype=u.dtype)
     grad_C = np.zeros((groups, batch, length, n_state), dtype=u.dtype)
+    A64 = A.astype(np.float64)
     for group in numba.prange(groups):
         states = np.empty((length + 1, n_state), dtype=u.dtype)
         decays = np.empty((length, n_state), dtype=np.float64)
         exponent_bits = np.empty(n_state, dtype=np.int64)
         adjoint = np.empty(n_state, dtype=u.dtype)
         for d in range(group, dim, groups):
-            a_row = A[d].astype(np.float64)
+            a_row = A64[d]
             for b in range(batch):
                 states[0, :] = 0.0
                 for t in range(length):
@@ -128,10 +130,9 @@ def _backward_kernel(u, delta, A, B, C, grad_y, groups):
     return grad_u, grad_delta, grad_A, grad_B.sum(axis=0), grad_C.sum(axis=0)
 
 
-def _arrays(u, delta, A, B, C):
-    """Contiguous numpy views; B and C token-major so the inner loop over d_state reads consecutive memory."""
-    tensors = (u, delta, A, B.transpose(1, 2), C.transpose(1, 2))
-    return [t.detach().contiguous().numpy() for t in tensors]
+def _kernel_inputs(u, delta, A, B, C) -> tuple[torch.Tensor, ...]:
+    """Contiguous detached inputs; B and C token-major so the inner loop over d_state reads consecutive memory."""
+    return tuple(t.detach().contiguous() for t in (u, delta, A, B.transpose(1, 2), C.transpose(1, 2)))
 
 
 def _threads() -> int:
@@ -143,18 +144,19 @@ def _threads() -> int:
 class _CompiledScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C):
-        ctx.save_for_backward(u, delta, A, B, C)
+        inputs = _kernel_inputs(u, delta, A, B, C)
+        ctx.save_for_backward(*inputs)  # the layout backward needs, so it copies nothing again
         with _KERNEL_LOCK:
             _threads()
-            return torch.from_numpy(_forward_kernel(*_arrays(u, delta, A, B, C)))
+            return torch.from_numpy(_forward_kernel(*(t.numpy() for t in inputs)))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        u, delta, A, B, C = ctx.saved_tensors
+        inputs = ctx.saved_tensors
         with _KERNEL_LOCK:
-            groups = min(_threads(), u.shape[1])
-            grads = _backward_kernel(*_arrays(u, delta, A, B, C), grad_y.contiguous().numpy(), groups)
+            groups = min(_threads(), inputs[0].shape[1])
+            grads = _backward_kernel(*(t.numpy() for t in inputs), grad_y.contiguous().numpy(), groups)
         grad_u, grad_delta, grad_A, grad_B, grad_C = (torch.from_numpy(g) for g in grads)
         return grad_u, grad_delta, grad_A, grad_B.transpose(1, 2), grad_C.transpose(1, 2)
 

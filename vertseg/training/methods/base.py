@@ -93,17 +93,31 @@ def supervised_loss(output: SegIdOutput, batch: dict[str, torch.Tensor], config:
     return seg + loss_cfg.alpha_cls * ident
 
 
-def pseudo_label_losses(student: SegIdOutput, teacher: SegIdOutput, ctx: StepContext
-                        ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """Eq. 10 and 11 of one student view against the (detached) teacher or weak-view outputs:
-    (L_cons^seg, L_cons^cls, pass_seg, pass_cls), identification pseudo-labels limited as `loss.cls_pseudo_region` says."""
+@dataclass(frozen=True)
+class PseudoTargets:
+    """A teacher's (or weak view's) detached outputs for Eq. 10-11, and the positions its identification
+    pseudo-labels may teach (`loss.cls_pseudo_region`); built once per step, shared by every student view."""
+
+    seg: torch.Tensor
+    identification: torch.Tensor
+    foreground: torch.Tensor | None
+
+
+def pseudo_targets(teacher: SegIdOutput, ctx: StepContext) -> PseudoTargets:
     cfg = ctx.config.loss
-    target_seg, target_id = teacher.seg[0].detach(), teacher.identification.detach()
-    seg, pass_seg = seg_consistency_loss(student.seg[0], target_seg, ctx.tau_seg, cfg.seg_pseudo_threshold)
-    region = (teacher_foreground(target_seg, tuple(target_id.shape[2:]), cfg.seg_pseudo_threshold)
-              if cfg.cls_pseudo_region == "teacher_foreground" else None)
-    cls, pass_cls = cls_consistency_loss(student.identification, target_id, ctx.tau_cls, cfg.temperature,
-                                         ctx.class_weights, region)
+    seg, identification = teacher.seg[0].detach(), teacher.identification.detach()
+    foreground = (teacher_foreground(seg, tuple(identification.shape[2:]), cfg.seg_pseudo_threshold)
+                  if cfg.cls_pseudo_region == "teacher_foreground" else None)
+    return PseudoTargets(seg, identification, foreground)
+
+
+def pseudo_label_losses(student: SegIdOutput, targets: PseudoTargets, ctx: StepContext
+                        ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Eq. 10 and 11 of one student view against `targets`: (L_cons^seg, L_cons^cls, pass_seg, pass_cls)."""
+    cfg = ctx.config.loss
+    seg, pass_seg = seg_consistency_loss(student.seg[0], targets.seg, ctx.tau_seg, cfg.seg_pseudo_threshold)
+    cls, pass_cls = cls_consistency_loss(student.identification, targets.identification, ctx.tau_cls, cfg.temperature,
+                                         ctx.class_weights, targets.foreground)
     return seg, cls, pass_seg, pass_cls
 
 

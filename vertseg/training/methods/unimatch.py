@@ -11,7 +11,7 @@ from torch import nn
 
 from vertseg.training.augment import strong_augment
 from vertseg.training.ema import EMATeacher
-from vertseg.training.methods.base import Method, StepContext, Views, joint_forward, pseudo_label_losses
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward, pseudo_label_losses, pseudo_targets
 
 
 class UniMatch(Method):
@@ -23,9 +23,10 @@ class UniMatch(Method):
         strong2 = strong_augment(views.weak, ctx.config.augment, ctx.generator)
         sup, parts, fp_out = joint_forward(student, views.labeled, [views.weak, views.strong, strong2], ctx, fp=(n_l, n_l + n_u))
         _, weak_out, s1_out, s2_out = parts[0]
+        targets = pseudo_targets(weak_out, ctx)
         terms = {}
         for name, out, weight in (("s1", s1_out, 0.25), ("s2", s2_out, 0.25), ("fp", fp_out, 0.5)):
-            seg, cls, pass_seg, pass_cls = pseudo_label_losses(out, weak_out, ctx)
+            seg, cls, pass_seg, pass_cls = pseudo_label_losses(out, targets, ctx)
             terms[name] = (weight * seg, weight * cls)
             if name == "s1":
                 ctx.logs.update(pass_seg=pass_seg, pass_cls=pass_cls)
