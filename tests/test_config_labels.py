@@ -88,8 +88,9 @@ def test_transitional_policies():
 
 
 def test_label_converters():
-    np.testing.assert_array_equal(labels.from_totalsegmentator(np.array([27, 50, 41, 26, 5])), [24, 1, 10, 26, 0])
-    np.testing.assert_array_equal(labels.from_ctspine1k(np.array([1, 24, 25, 26])), [1, 24, 25, 0])
+    total_v2 = labels.LABEL_FORMATS["totalseg_v2"]
+    np.testing.assert_array_equal(total_v2.to_verse(np.array([27, 50, 41, 26, 5])), [24, 1, 10, 26, 0])
+    np.testing.assert_array_equal(labels.LABEL_FORMATS["ctspine1k"].to_verse(np.array([1, 24, 25, 26])), [1, 24, 25, 0])
 
 
 def test_atomic_write_keeps_old_version_on_failure(tmp_path):

@@ -136,3 +136,14 @@ def test_bad_patch_sizes_are_refused():
         sliding_window_predict(np.zeros((8, 8, 8), np.float32), pointwise_net, (6, 8, 8))
     with pytest.raises(ValueError, match="pad first"):
         window_starts(10, 16, 0.5)
+
+
+def test_progress_reports_every_forward_pass_up_to_the_window_count():
+    image = np.random.default_rng(3).uniform(0.05, 0.95, size=(40, 20, 12)).astype(np.float32)
+    calls: list[tuple[int, int]] = []
+    out = sliding_window_predict(image, pointwise_net, PATCH, overlap=0.5, batch_size=2, on_progress=lambda *a: calls.append(a))
+    total = len(list(itertools.product(window_starts(40, 16, .5), window_starts(20, 12, .5), window_starts(12, 8, .5))))
+    assert total > 4 and out.windows == total
+    done = [d for d, _ in calls]
+    assert calls[0] == (0, total) and calls[-1] == (total, total) and all(t == total for _, t in calls)
+    assert done == [0] + [min(n, total) for n in range(2, total + 2, 2)]  # one call per batch of 2 windows

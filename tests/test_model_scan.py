@@ -1,8 +1,9 @@
-"""Both selective-scan backends (compiled CPU kernel, chunked PyTorch) against the step-by-step recurrence:
-values, gradients, autocast, and which backend runs where."""
+"""Both selective-scan backends (compiled CPU kernel, chunked PyTorch) against a step-by-step recurrence written
+here, independently of `vertseg.model.scan`: values, gradients, autocast, and which backend runs where."""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -12,6 +13,50 @@ import torch
 from vertseg.model.scan import scan_backend, selective_scan, selective_scan_reference
 
 BACKENDS = ["compiled", "chunked"]
+
+
+def recurrence(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Mamba's selective scan from its definition, one token at a time in float64 (all channels and state entries
+    of a token at once), differentiable:
+
+        dt = softplus(delta + delta_bias),   h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,
+        y_t = C_t . h_t + D u_t,   y_t <- y_t z_t sigmoid(z_t)
+
+    u, delta, z: (batch, channel, L); A: (channel, N); B, C: (batch, N, L); h: (batch, channel, N).
+    """
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double().view(1, -1, 1)
+    if delta_softplus:
+        delta = torch.log1p(torch.exp(delta))
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(u.shape[2]):
+        dt = delta[:, :, t].unsqueeze(-1)  # (batch, channel, 1)
+        h = torch.exp(dt * A.unsqueeze(0)) * h + dt * B[:, :, t].unsqueeze(1) * u[:, :, t].unsqueeze(-1)
+        y = (h * C[:, :, t].unsqueeze(1)).sum(-1)
+        if D is not None:
+            y = y + D.double().unsqueeze(0) * u[:, :, t]
+        if z is not None:
+            zt = z[:, :, t].double()
+            y = y * zt * torch.sigmoid(zt)
+        ys.append(y)
+    return torch.stack(ys, dim=-1)
+
+
+def test_recurrence_by_hand_and_the_production_reference():
+    """The test's recurrence on two tokens worked out by hand, and `selective_scan_reference` (the benchmarks'
+    baseline) against it."""
+    one = torch.ones(1, 1, 2, dtype=torch.float64)
+    u, delta = torch.tensor([[[1.0, 2.0]]], dtype=torch.float64), 0.5 * one
+    A, B, C = torch.tensor([[-2.0]], dtype=torch.float64), 3 * one, torch.tensor([[[1.0, -1.0]]], dtype=torch.float64)
+    h1 = 0.5 * 3 * 1.0
+    h2 = math.exp(-1.0) * h1 + 0.5 * 3 * 2.0
+    expected = torch.tensor([[[h1 + 0.1 * 1.0, -h2 + 0.1 * 2.0]]], dtype=torch.float64)
+    torch.testing.assert_close(recurrence(u, delta, A, B, C, D=torch.tensor([0.1], dtype=torch.float64)), expected)
+    args = _inputs(2, 3, 4, 40, seed=9)
+    torch.testing.assert_close(selective_scan_reference(**args, delta_softplus=True),
+                               recurrence(**args, delta_softplus=True), rtol=0, atol=1e-9)
 
 
 def _inputs(batch, dim, n_state, length, seed=0, dtype=torch.float64):
@@ -33,7 +78,7 @@ def _inputs(batch, dim, n_state, length, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize("length", [1, 5, 64, 131, 4096])
 def test_scan_equals_recurrence(length, backend):
     args = _inputs(2, 3, 4, length, seed=length)
-    expected = selective_scan_reference(**args, delta_softplus=True)
+    expected = recurrence(**args, delta_softplus=True)
     assert length < 64 or expected.abs().max() > 5.0  # long sequences really accumulate state
     got = selective_scan(**args, delta_softplus=True, backend=backend)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
@@ -42,7 +87,7 @@ def test_scan_equals_recurrence(length, backend):
 @pytest.mark.parametrize("chunk,segment_elements", [(2, 2**24), (16, 64 * 2 * 3 * 4), (32, 100 * 2 * 3 * 4)])
 def test_scan_chunking_and_segments_do_not_change_the_result(chunk, segment_elements):
     args = _inputs(2, 3, 4, 700, seed=1)
-    expected = selective_scan_reference(**args, delta_softplus=True)
+    expected = recurrence(**args, delta_softplus=True)
     got = selective_scan(**args, delta_softplus=True, backend="chunked", chunk=chunk, segment_elements=segment_elements)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
@@ -54,7 +99,7 @@ def test_scan_survives_strong_decay_without_overflow(backend):
     args["delta_bias"] = None
     got = selective_scan(**args, backend=backend)
     assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, selective_scan_reference(**args), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got, recurrence(**args), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -81,7 +126,7 @@ def test_long_sequence_backward_equals_reference_backward(backend):
     args = _inputs(2, 5, 3, 600, seed=4)
     got = _long_sequence_grads(
         lambda a: selective_scan(**a, delta_softplus=True, backend=backend, chunk=8, segment_elements=96), args)
-    expected = _long_sequence_grads(lambda a: selective_scan_reference(**a, delta_softplus=True), args)
+    expected = _long_sequence_grads(lambda a: recurrence(**a, delta_softplus=True), args)
     for name in got:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-6, msg=name)
 
@@ -121,7 +166,7 @@ def test_scan_runs_in_float32_under_autocast(backend):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = selective_scan(**args, delta_softplus=True, backend=backend)
     assert got.dtype == torch.float32
-    expected = selective_scan_reference(**{k: v.double() for k, v in args.items()}, delta_softplus=True)
+    expected = recurrence(**{k: v.double() for k, v in args.items()}, delta_softplus=True)
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
 
 

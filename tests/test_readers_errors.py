@@ -119,10 +119,10 @@ def test_label_converters_run_on_read(tmp_path, good):
 
     image, _ = good
     total = np.zeros((12, 12, 16), dtype=np.uint8)
-    total[3:9, 3:9, 2:6] = 31  # TotalSegmentator vertebrae_L1 (51 - 31 = 20)
+    total[3:9, 3:9, 2:6] = 31  # TotalSegmentator v2 vertebrae_L1 = VerSe 20
     total[0:2, 0:2, 0:2] = 5  # an organ: not a vertebra, dropped
     mask = _write(tmp_path / "total_seg.nii.gz", total)
-    case = load_case(_case(tmp_path, image, mask, label_format="totalsegmentator"))
+    case = load_case(_case(tmp_path, image, mask, label_format="totalseg_v2"))
     assert np.unique(sitk.GetArrayViewFromImage(case.mask)).tolist() == [0, 20]
 
 
@@ -141,6 +141,22 @@ def test_bad_centroid_files(tmp_path, good):
     assert read_centroids_json(path)[0] is None
     case = load_case(_case(tmp_path, image, mask, path))
     assert np.allclose(case.centroids_lps[20], [-10.0, -10.0, 8.0])
+
+
+def test_non_integral_centroid_labels_are_refused_not_rounded(tmp_path):
+    path = tmp_path / "c_ctd.json"
+    path.write_text(json.dumps([{"direction": ["L", "A", "S"]}, {"label": 19, "X": 1, "Y": 2, "Z": 3},
+                                {"label": 20.7, "X": 1, "Y": 2, "Z": 5}]))
+    with pytest.raises(CaseError) as caught:
+        read_centroids_json(path)
+    assert caught.value.file == path
+    assert "centroid entry 2" in caught.value.problem and "label 20.7 is not a whole number" in caught.value.problem
+    for label in (True, "20.5", None):
+        path.write_text(json.dumps([{"label": label, "X": 1, "Y": 2, "Z": 3}]))
+        with pytest.raises(CaseError):
+            read_centroids_json(path)
+    path.write_text(json.dumps([{"label": 20.0, "X": 1, "Y": 2, "Z": 3}]))
+    assert list(read_centroids_json(path)[1]) == [20]
 
 
 def test_case_error_survives_pickling():

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
+from cli_text import normalised
 from vertseg.cli.main import app
 from vertseg.launch import slurm
 
@@ -79,13 +80,13 @@ def test_submit_dry_run_prints_a_valid_script_for_the_train_command(tmp_path, mo
 def test_submit_refuses_commands_that_are_not_jobs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["submit", "--dry-run", "--", "evaluate", "x"])
-    assert result.exit_code == 2 and "choose one of train, tune, preprocess, predict" in result.output
+    assert result.exit_code == 2 and "choose one of train, tune, preprocess, predict" in normalised(result.output)
 
 
 def test_jobs_without_slurm_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     result = CliRunner().invoke(app, ["jobs"])
-    assert result.exit_code == 1 and "squeue not found" in result.output
+    assert result.exit_code == 1 and "squeue not found" in normalised(result.output)
 
 
 def test_bench_reads_the_job_milestones_from_the_log():

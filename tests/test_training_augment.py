@@ -103,3 +103,86 @@ def test_filters_by_hand():
     eq = clahe_slicewise(ramp, 0.03)
     assert eq.min() >= 0 and eq.max() <= 1
     assert (eq.max() - eq.min()) > (ramp.max() - ramp.min())  # a low-contrast slice gains contrast
+
+
+TABLE_A2 = {  # the documented ranges (Table A2; mild scaling from section 2.5), checked against the default config
+    "mild_scale": (0.95, 1.05), "scale_range": (0.8, 1.2), "shift_range": (-0.1, 0.1), "gamma_range": (0.7, 1.5),
+    "gaussian_noise_sigma": (0.0, 0.025), "speckle_sigma": (0.0, 0.05),
+}
+STRONG_PROBABILITIES = ("scale_shift_p", "gamma_p", "clahe_p", "unsharp_p", "gaussian_noise_p", "speckle_p",
+                        "salt_pepper_p", "poisson_p", "blur_p", "median_p")
+
+
+def only(operation: str, **settings) -> AugmentConfig:
+    """Table A2 with every strong operation off except `operation` (always applied)."""
+    return AugmentConfig(**{p: float(p == operation) for p in STRONG_PROBABILITIES}, **settings)
+
+
+def two_level_images(n: int) -> torch.Tensor:
+    """n samples of (1, 2, 4, 4) with intensities 0.3 (left half) and 0.6 (right half), far from the clip at 0 and 1."""
+    x = torch.full((n, 1, 2, 4, 4), 0.3)
+    x[..., 2:] = 0.6
+    return x
+
+
+def assert_spans(values: torch.Tensor, bounds: tuple[float, float], name: str) -> None:
+    """Every value within `bounds`, and the samples reach both ends (a narrower range would not)."""
+    low, high = bounds
+    margin = 0.1 * (high - low)
+    assert values.min() >= low - 1e-5 and values.max() <= high + 1e-5, (name, values.min(), values.max())
+    assert values.min() < low + margin and values.max() > high - margin, (name, values.min(), values.max())
+
+
+def test_labeled_photometric_mild_scaling_stays_within_its_range():
+    """Section 2.5: volumes not sent through the strong pipeline get a mild scaling in [0.95, 1.05]."""
+    config = AugmentConfig(labeled_strong_p=0.0, labeled_mild_p=1.0)
+    x = two_level_images(200)
+    y = labeled_photometric(x, config, torch.Generator().manual_seed(0))
+    factor = y / x
+    per_sample = factor.flatten(1)
+    assert torch.allclose(per_sample, per_sample[:, :1].expand_as(per_sample), atol=1e-6)  # one factor per volume
+    assert_spans(per_sample[:, 0], TABLE_A2["mild_scale"], "mild scale")
+    assert (per_sample[:, 0] != 1).all()
+
+
+def test_labeled_photometric_strong_path_scales_and_shifts_within_table_a2():
+    config = only("scale_shift_p", labeled_strong_p=1.0)
+    x = two_level_images(200)
+    y = labeled_photometric(x, config, torch.Generator().manual_seed(1))
+    low, high = y[:, 0, 0, 0, 0], y[:, 0, 0, 0, 3]  # the images of 0.3 and 0.6
+    alpha = (high - low) / 0.3
+    beta = low - 0.3 * alpha
+    assert torch.allclose(y, alpha.view(-1, 1, 1, 1, 1) * x + beta.view(-1, 1, 1, 1, 1), atol=1e-6)
+    assert_spans(alpha, TABLE_A2["scale_range"], "alpha")
+    assert_spans(beta, TABLE_A2["shift_range"], "beta")
+
+
+def test_strong_gamma_within_table_a2():
+    config = only("gamma_p")
+    x = two_level_images(200)
+    y = strong_augment(x, config, torch.Generator().manual_seed(2))
+    gamma = y.log() / x.log()
+    per_sample = gamma.flatten(1)
+    assert torch.allclose(per_sample, per_sample[:, :1].expand_as(per_sample), atol=1e-4)
+    assert_spans(per_sample[:, 0], TABLE_A2["gamma_range"], "gamma")
+
+
+def test_strong_noise_magnitudes_within_table_a2():
+    """Additive Gaussian noise: per-volume standard deviation up to 0.025; speckle: relative deviation up to 0.05."""
+    x = torch.full((100, 1, 8, 16, 16), 0.5)
+    for operation, bounds, relative in (("gaussian_noise_p", TABLE_A2["gaussian_noise_sigma"], False),
+                                        ("speckle_p", TABLE_A2["speckle_sigma"], True)):
+        y = strong_augment(x, only(operation), torch.Generator().manual_seed(3))
+        spread = ((y - x) / (x if relative else 1.0)).flatten(1).std(1)
+        assert spread.max() < bounds[1] * 1.1 and spread.max() > bounds[1] * 0.85, (operation, spread.max())
+        assert spread.min() < bounds[1] * 0.15, (operation, spread.min())
+
+
+def test_labeled_photometric_with_table_defaults_changes_three_volumes_in_four():
+    """p = 0.5 strong pipeline, else p = 0.5 mild scaling: about 75 % of labeled volumes change, never the layout."""
+    image, *_ = blocks(400, (4, 8, 8))
+    config = AugmentConfig()
+    out = labeled_photometric(image, config, torch.Generator().manual_seed(4))
+    changed = (out != image).flatten(1).any(1).float().mean()
+    assert 0.68 < changed < 0.82, changed
+    assert out.min() >= 0 and out.max() <= 1

@@ -10,6 +10,7 @@ import torch
 from vertseg.config import build_config
 from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
 from vertseg.training.losses import (
+    class_competition_loss,
     class_frequency_weights,
     cls_consistency_loss,
     combine_identification,
@@ -154,3 +155,50 @@ def test_low_resolution_mapping_and_mask_centre_fallback():
     assert filled[0, 0].tolist() == [9.0, 9.0, 9.0]
     assert filled[0, 1].tolist() == [0.5, 0.5, 2.5]
     assert torch.isnan(filled[0, 2]).all()
+
+
+def test_class_competition_by_hand_on_the_quarter_grid():
+    # Labels 4x4x8 -> one 1x1x2 grid of two cells: the first all class 1, the second half class 2, half background.
+    labels = torch.zeros((1, 4, 4, 8), dtype=torch.long)
+    labels[..., :4] = 1
+    labels[:, :2, :, 4:] = 2
+    logits = torch.zeros((1, 3, 1, 1, 2))
+    logits[0, 1, 0, 0, 0] = math.log(4.0)  # cell 0: p(class 1) = 4 / 6
+    # Bone cells: only cell 0 (cell 1 is half background, so it counts among the others, with soft targets).
+    expected_bone = -math.log(4 / 6)
+    expected_rest = -(0.5 * math.log(1 / 3) + 0.5 * math.log(1 / 3))
+    value = class_competition_loss(logits, labels, background_weight=0.5)
+    assert value.item() == pytest.approx(expected_bone + 0.5 * expected_rest, rel=1e-5)
+
+
+def test_class_competition_prefers_the_right_vertebra_and_punishes_a_swap():
+    labels = torch.zeros((1, 8, 8, 8), dtype=torch.long)
+    labels[:, :4] = 1
+    labels[:, 4:] = 2
+    right = torch.full((1, 3, 2, 2, 2), -4.0)
+    right[:, 1, 0], right[:, 2, 1] = 4.0, 4.0
+    swapped = right[:, [0, 2, 1]]
+    assert class_competition_loss(right, labels) < 0.01 < 3.0 < class_competition_loss(swapped, labels)
+    # The gradient raises the true class and lowers the others at each bone cell (the competition inference reads).
+    logits = torch.zeros((1, 3, 2, 2, 2), requires_grad=True)
+    class_competition_loss(logits, labels).backward()
+    assert (logits.grad[0, 1, 0] < 0).all() and (logits.grad[0, 2, 0] > 0).all()
+    assert (logits.grad[0, 2, 1] < 0).all() and (logits.grad[0, 1, 1] > 0).all()
+
+
+def test_supervised_loss_adds_the_competition_term_only_when_configured():
+    from vertseg.model.output import SegIdOutput
+    from vertseg.training.methods import supervised_loss
+
+    labels = torch.zeros((1, 8, 8, 8), dtype=torch.long)
+    labels[:, 2:6, 2:6, 2:6] = 3
+    batch = {"mask": (labels > 0).float()[:, None], "labels": labels, "centroids": torch.full((1, 24, 3), float("nan"))}
+    output = SegIdOutput(seg=[torch.zeros((1, 1, 8, 8, 8)), torch.zeros((1, 1, 4, 4, 4)), torch.zeros((1, 1, 2, 2, 2))],
+                         identification=torch.zeros((1, 25, 2, 2, 2)))
+    paper = build_config({"train": {"loss": {"id_ce_weight": 0.0}}}).train
+    ours = build_config({}).train
+    logs_paper, logs_ours = {}, {}
+    base = supervised_loss(output, batch, paper, logs_paper)
+    total = supervised_loss(output, batch, ours, logs_ours)
+    assert "loss_id_ce" not in logs_paper and logs_ours["loss_id_ce"] > 0
+    assert total.item() == pytest.approx(base.item() + logs_ours["loss_id_ce"], rel=1e-5)

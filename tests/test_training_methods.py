@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from vertseg.config import build_config
+from vertseg.model import SegIdOutput
 from vertseg.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vertseg.training.heatmaps import fill_missing_centroids
 from vertseg.training.methods import METHODS
@@ -47,7 +50,7 @@ def test_every_method_runs_steps_with_consistency_on(method):
 @pytest.mark.slow
 def test_proposed_loss_falls_over_30_steps():
     config = build_config({}, SMALL + ["train.method=proposed", "train.augment.flip_z_p=0", "train.optim.lr=0.02",
-                                        "train.schedule.e_cons=40", "train.schedule.e_ramp=80"])
+                                        "train.schedule.e_cons=40", "train.schedule.e_ramp=80", "train.schedule.epochs=100"])
     trainer = Trainer(config)
     logs = [trainer.train_step(phantom_batch(i % 4), phantom_batch(50 + i)["image"]) for i in range(30)]
 
@@ -141,3 +144,128 @@ def test_non_finite_steps_are_skipped_then_stop_the_run():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)  # the bad step changed nothing
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         trainer.train_step(bad)
+
+
+def _capture_outputs(bundle) -> list:
+    """Every member's full-batch output of the next forward, in member order."""
+    captured = []
+    for member in bundle.members:
+        member.register_forward_hook(lambda module, args, output: captured.append(output))
+    return captured
+
+
+def test_cps_teaches_each_network_the_other_networks_hard_pseudo_labels():
+    """Network A is made to call every voxel background and class 1, network B foreground and class 2: each one's
+    consistency loss must be the cross-entropy against the OTHER's hard labels (large here), not its own (~0)."""
+    import torch.nn.functional as F
+
+    from vertseg.training.methods.base import Views
+
+    trainer = Trainer(build_config({}, SMALL + ["train.method=cps"]))
+    trainer.epoch = 1
+    a, b = trainer.bundle.members
+    with torch.no_grad():
+        a.seg_heads["0"].bias.fill_(-20.0)
+        b.seg_heads["0"].bias.fill_(20.0)
+        for net, label in ((a, 1), (b, 2)):
+            net.id_out[-1].bias.zero_()
+            net.id_out[-1].bias[label] = 50.0
+    captured = _capture_outputs(trainer.bundle)
+    ctx = trainer._context()
+    labeled, weak = phantom_batch(0), phantom_batch(1)["image"]
+    trainer.method.consistency_loss(trainer.bundle, None, Views(labeled=labeled, weak=weak), ctx)
+    n = labeled["image"].shape[0]
+    (seg_a, id_a), (seg_b, id_b) = ((out.seg[0][n:].detach(), out.identification[n:].detach()) for out in captured)
+    assert (seg_a < 0).all() and (seg_b > 0).all()
+    assert (id_a.argmax(1) == 1).all() and (id_b.argmax(1) == 2).all()
+
+    expected_seg = (F.binary_cross_entropy_with_logits(seg_a, torch.ones_like(seg_a))
+                    + F.binary_cross_entropy_with_logits(seg_b, torch.zeros_like(seg_b)))
+    expected_cls = (F.cross_entropy(id_a, torch.full_like(id_a[:, 0], 2, dtype=torch.long))
+                    + F.cross_entropy(id_b, torch.full_like(id_b[:, 0], 1, dtype=torch.long)))
+    assert expected_seg > 10 and expected_cls > 10  # each network is told the opposite of what it says
+    assert ctx.logs["loss_cons_seg"] == pytest.approx(float(expected_seg), rel=1e-5)
+    assert ctx.logs["loss_cons_cls"] == pytest.approx(float(expected_cls), rel=1e-5)
+
+
+class FixedTeacher:
+    """A teacher whose outputs ignore its input, noise included: the uncertainty UA-MT measures is known exactly.
+
+    Segmentation probabilities along x: 0.5 (maximal entropy ln 2), 0.27 (entropy 0.84 ln 2), 0.999 (~0).
+    Identification over K + 1 = 25 classes along x: uniform (ln 25), uniform over 15 classes (0.84 ln 25), one-hot.
+    """
+
+    SEG_P = (0.5, 0.27, 0.999)
+
+    def __init__(self, seg_shape: tuple[int, ...], id_shape: tuple[int, ...]) -> None:
+        self.seg = torch.zeros(1, 1, *seg_shape)
+        for i, p in enumerate(self.SEG_P):
+            self.seg[..., i::3] = math.log(p / (1 - p))
+        classes = id_shape[0]
+        self.identification = torch.full((1, *id_shape), -40.0)
+        self.identification[:, :, ..., 0::3] = 0.0
+        self.identification[:, :15, ..., 1::3] = 0.0
+        self.identification[:, 3, ..., 2::3] = 40.0
+        assert classes == 25
+
+    def __call__(self, x: torch.Tensor) -> SegIdOutput:
+        n = x.shape[0]
+        return SegIdOutput(seg=[self.seg.expand(n, *self.seg.shape[1:])],
+                           identification=self.identification.expand(n, *self.identification.shape[1:]))
+
+
+def _retain_output_grads(module, args, output) -> None:
+    output.seg[0].retain_grad()
+    output.identification.retain_grad()
+
+
+def _uamt_setup(epoch: int):
+    trainer = Trainer(build_config({}, SMALL + ["train.method=ua_mt"]))
+    trainer.epoch = epoch
+    shape = (16, 8, 24)  # identification at 1/4: six x columns, two per uncertainty level
+    labeled, unlabeled = phantom_batch(0, shape=shape), phantom_batch(1, shape=shape)["image"]
+    with torch.no_grad():
+        shapes = trainer.bundle.members[0](unlabeled)
+    teacher = FixedTeacher(tuple(shapes.seg[0].shape[2:]), tuple(shapes.identification.shape[1:]))
+    return trainer, teacher, labeled, unlabeled
+
+
+def _expected_keep(shape: tuple[int, ...], kept_columns: tuple[int, ...]) -> torch.Tensor:
+    """1 where x % 3 is one of `kept_columns`."""
+    column = torch.arange(shape[-1]) % 3
+    return sum((column == c) for c in kept_columns).float().expand(shape)
+
+
+@pytest.mark.parametrize(("epoch", "kept"), [(0, (2,)), (2, (1, 2))])
+def test_ua_mt_masks_exactly_the_voxels_whose_teacher_is_uncertain(epoch, kept):
+    """Threshold 0.75 ln C at the start of the ramp (epoch 0) and ln C at its end (epoch 2): maximal-entropy voxels
+    never teach, 0.84 ln C voxels teach only once the threshold has risen, confident voxels always teach."""
+    from vertseg.training.methods.mean_teacher import UAMT
+
+    trainer, teacher, _, unlabeled = _uamt_setup(epoch)
+    seg_mask, id_mask, seg_t, id_t = UAMT().targets(teacher, unlabeled, trainer._context())
+    n = unlabeled.shape[0]
+    assert teacher.identification.shape[-1] == 6
+    assert torch.equal(seg_mask, _expected_keep((n, *teacher.seg.shape[2:]), kept))
+    assert torch.equal(id_mask, _expected_keep((n, *teacher.identification.shape[2:]), kept))
+    assert torch.equal(seg_t, teacher(unlabeled).seg[0]) and torch.equal(id_t, teacher(unlabeled).identification)
+
+
+def test_ua_mt_consistency_gradient_reaches_only_confidently_taught_voxels():
+    """Through the whole UA-MT loss: the student's unlabeled outputs get a gradient exactly where the teacher is
+    confident, and none where it is uncertain (Mean Teacher, without the mask, pulls on every voxel)."""
+    from vertseg.training.methods.base import Views
+    from vertseg.training.methods.mean_teacher import UAMT, MeanTeacher
+
+    for method, kept in ((UAMT(), (2,)), (MeanTeacher(), (0, 1, 2))):
+        trainer, teacher, labeled, unlabeled = _uamt_setup(0)
+        captured = _capture_outputs(trainer.bundle)
+        trainer.bundle.members[0].register_forward_hook(_retain_output_grads)
+        ctx = trainer._context()
+        ctx.consistency_weight = 1.0
+        views = Views(labeled=labeled, weak=unlabeled, strong=unlabeled)
+        method.consistency_loss(trainer.bundle, teacher, views, ctx).backward()
+        n = labeled["image"].shape[0]
+        seg_grad, id_grad = captured[0].seg[0].grad[n:], captured[0].identification.grad[n:]
+        assert torch.equal((seg_grad != 0).float(), _expected_keep(seg_grad.shape, kept)), method.name
+        assert torch.equal((id_grad != 0).any(1, keepdim=True).float(), _expected_keep(id_grad[:, :1].shape, kept)), method.name

@@ -72,7 +72,7 @@ def _loop(cfg: dict) -> None:
 
 
 def train(config, store, unlabeled, *, num_workers, use_gpu, run_name, storage_path, mlflow_uri,
-          mlflow_parent_run_id=None, resume=False, report_to_tune=False) -> StandInResult:
+          mlflow_parent_run_id=None, resume=False, report_to_tune=False, volume_validation=None) -> StandInResult:
     import mlflow
     import ray.train
     from ray.train.torch import TorchTrainer

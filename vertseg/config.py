@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 
+from vertseg.config_base import ConfigModel
 from vertseg.data.config import DataConfig
 from vertseg.inference.config import InferenceConfig
 from vertseg.labels import PROTOCOLS
@@ -19,29 +21,45 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file, key and value."""
 
 
-class VertsegConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class VertsegConfig(ConfigModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     inference: InferenceConfig = InferenceConfig()
 
     @model_validator(mode="after")
-    def _classes_follow_protocol(self) -> "VertsegConfig":
+    def _sections_agree(self) -> "VertsegConfig":
         expected = PROTOCOLS[self.data.protocol].num_classes
         if self.model.num_classes != expected:
             raise ValueError(
                 f"model.num_classes={self.model.num_classes} does not match data.protocol="
                 f"{self.data.protocol!r} ({expected} classes)"
             )
+        divisor = max(2 ** (self.model.num_stages - 1), 4 if self.model.identification_branch else 1)
+        if any(size % divisor for size in self.data.patch_size):
+            raise ValueError(
+                f"data.patch_size {list(self.data.patch_size)} must be divisible by {divisor} on every axis: "
+                f"model.num_stages={self.model.num_stages} halves it {self.model.num_stages - 1} times"
+                + (" and identification is predicted on a 1/4 grid" if self.model.identification_branch else "")
+            )
         if self.train.method == "seg_only" and self.model.identification_branch:
             self.model = self.model.model_copy(update={"identification_branch": False})
         return self
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 numbers: PyYAML follows YAML 1.1 and reads `1e-3` as the string "1e-3", which strict types refuse."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -66,7 +84,8 @@ def format_validation_error(error: ValidationError, source: str, what: str = "co
     for err in error.errors():
         location = ".".join(str(part) for part in err["loc"]) or "<root>"
         given = err.get("input")
-        lines.append(f"  {location}: {err['msg']} (got {given!r})")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"  # a whole section is too long to echo
+        lines.append(f"  {location}: {err['msg']}{shown}")
     return "\n".join(lines)
 
 
@@ -88,7 +107,7 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
 def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
     """A YAML file holding a mapping; a missing file, bad YAML or another top-level type is a ConfigError."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as error:

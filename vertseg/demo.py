@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ def stage_preprocess(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
 
 def stage_train(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     from vertseg.distributed.train import ray_checkpoints, run_training
+    from vertseg.evaluation.holdout import volume_validator
 
     run_name = f"{RUN_PREFIX}-{ctx.results['data']['token']}"
     resume = bool(ray_checkpoints(ctx.runs_dir / run_name))  # an interrupted demo continues its training
@@ -161,7 +163,8 @@ def stage_train(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     watcher.start()
     try:
         result = run_training(ctx.config, Path(ctx.results["preprocess"]["store"]), None, num_workers=ctx.workers,
-                              use_gpu=False, run_name=run_name, storage_path=ctx.runs_dir, mlflow_uri=None, resume=resume)
+                              use_gpu=False, run_name=run_name, storage_path=ctx.runs_dir, mlflow_uri=None, resume=resume,
+                              volume_validation=partial(volume_validator, Path(ctx.results["preprocess"]["store"])))
     finally:
         stop.set()
         watcher.join()

@@ -31,6 +31,16 @@ def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def path_under(root: Path | str, *parts: str) -> Path:
+    """`root / parts...`, refused (ValueError) when it resolves outside `root`: a `..`, an absolute part or a
+    symlink must never carry an output (or a read) out of the folder it belongs to."""
+    base = Path(root).resolve()
+    target = Path(root).joinpath(*parts)
+    if not target.resolve().is_relative_to(base) or target.resolve() == base:
+        raise ValueError(f"{target} resolves outside {root}; refusing to use it")
+    return target
+
+
 def atomic_write_bytes(target: Path | str, data: bytes) -> None:
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as handle:

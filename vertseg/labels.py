@@ -108,18 +108,90 @@ def apply_policy(verse_labelmap: np.ndarray, protocol: Protocol, policy: Transit
     return protocol.verse_lut()[lut[verse_labelmap.astype(np.uint8)]]
 
 
-def from_totalsegmentator(labelmap: np.ndarray) -> np.ndarray:
-    """TotalSegmentator v2 `total` task -> VerSe: ids 27..50 are L5..C1, so VerSe = 51 - id; 26 (S1) -> sacrum."""
-    lut = np.zeros(256, dtype=np.uint8)
-    ids = np.arange(27, 51)
-    lut[ids] = 51 - ids
-    lut[25] = SACRUM
-    lut[26] = SACRUM
-    return lut[labelmap.astype(np.uint8)]
+# Spine rows of TotalSegmentator's multilabel `total` task, copied from wasserth/TotalSegmentator,
+# totalsegmentator/map_to_binary.py: `class_map["total_v1"]` (releases 1.x, 104 classes) and `class_map["total"]`
+# (releases 2.x, 117 classes). The two versions number the same vertebra differently (v1 27 = T8, v2 27 = L5), so a
+# mask is only ever converted through these names. Other ids are organs, muscles, vessels and ribs: not read.
+TOTALSEG_V1_SPINE: dict[int, str] = {
+    18: "vertebrae_L5", 19: "vertebrae_L4", 20: "vertebrae_L3", 21: "vertebrae_L2", 22: "vertebrae_L1",
+    23: "vertebrae_T12", 24: "vertebrae_T11", 25: "vertebrae_T10", 26: "vertebrae_T9", 27: "vertebrae_T8",
+    28: "vertebrae_T7", 29: "vertebrae_T6", 30: "vertebrae_T5", 31: "vertebrae_T4", 32: "vertebrae_T3",
+    33: "vertebrae_T2", 34: "vertebrae_T1", 35: "vertebrae_C7", 36: "vertebrae_C6", 37: "vertebrae_C5",
+    38: "vertebrae_C4", 39: "vertebrae_C3", 40: "vertebrae_C2", 41: "vertebrae_C1", 92: "sacrum",
+}
+TOTALSEG_V2_SPINE: dict[int, str] = {
+    25: "sacrum", 26: "vertebrae_S1", 27: "vertebrae_L5", 28: "vertebrae_L4", 29: "vertebrae_L3", 30: "vertebrae_L2",
+    31: "vertebrae_L1", 32: "vertebrae_T12", 33: "vertebrae_T11", 34: "vertebrae_T10", 35: "vertebrae_T9",
+    36: "vertebrae_T8", 37: "vertebrae_T7", 38: "vertebrae_T6", 39: "vertebrae_T5", 40: "vertebrae_T4",
+    41: "vertebrae_T3", 42: "vertebrae_T2", 43: "vertebrae_T1", 44: "vertebrae_C7", 45: "vertebrae_C6",
+    46: "vertebrae_C5", 47: "vertebrae_C4", 48: "vertebrae_C3", 49: "vertebrae_C2", 50: "vertebrae_C1",
+}
+TOTALSEG_V1_CLASSES, TOTALSEG_V2_CLASSES = 104, 117
+# CTSpine1K (MIRACLE-Center/CTSpine1K): 1-24 are C1-L5 as in VerSe, 25 is L6.
+CTSPINE1K_NAMES: dict[int, str] = {**{i: VERSE_NAMES[i] for i in range(1, 25)}, 25: "L6"}
+
+_STRUCTURE_ALIASES = {"S1": SACRUM, "SACRUM": SACRUM, "COCCYX": COCCYX}
 
 
-def from_ctspine1k(labelmap: np.ndarray) -> np.ndarray:
-    """CTSpine1K -> VerSe: 1-24 are C1-L5 as in VerSe, 25 is L6; anything else is not a vertebra target."""
+def verse_label_of(structure: str) -> int | None:
+    """VerSe label of a structure name ('L1', 'vertebrae_L1', 'sacrum', 'vertebrae_S1'); None when not spine."""
+    name = structure.strip()
+    for prefix in ("vertebrae_", "vertebra_"):
+        if name.lower().startswith(prefix):
+            name = name[len(prefix):]
+    upper = name.upper()
+    if upper in _STRUCTURE_ALIASES:
+        return _STRUCTURE_ALIASES[upper]
+    return NAME_TO_VERSE.get(upper if upper != "CO" else "Co")
+
+
+@dataclass(frozen=True)
+class LabelFormat:
+    """A mask convention: raw value -> structure name for its spine rows; `largest` bounds the whole table."""
+
+    name: str
+    largest: int
+    structures: dict[int, str]
+
+    def to_verse_lut(self) -> np.ndarray:
+        """Raw value (0..255) -> VerSe label, looked up by structure name; non-spine values map to 0."""
+        return names_to_verse_lut(self.structures)
+
+    def to_verse(self, labelmap: np.ndarray) -> np.ndarray:
+        return self.to_verse_lut()[labelmap.astype(np.uint8)]
+
+    def from_verse(self, verse_labelmap: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """VerSe labelmap -> this format (by name); also the VerSe labels it has no row for (written as 0)."""
+        lut = np.zeros(256, dtype=np.uint8)
+        for raw in sorted(self.structures):  # the first row of a name wins: v2 sacrum (25) over vertebrae_S1 (26)
+            label = verse_label_of(self.structures[raw])
+            if label is not None and not lut[label]:
+                lut[label] = raw
+        present = np.unique(verse_labelmap)
+        dropped = [int(v) for v in present if v and not lut[v]]
+        return lut[verse_labelmap.astype(np.uint8)], dropped
+
+
+def names_to_verse_lut(structures: dict[int, str]) -> np.ndarray:
+    """Lookup table raw value -> VerSe label for any {value: structure name} table (NIfTI header tables too)."""
     lut = np.zeros(256, dtype=np.uint8)
-    lut[1:26] = np.arange(1, 26)
-    return lut[labelmap.astype(np.uint8)]
+    for raw, structure in structures.items():
+        label = verse_label_of(structure)
+        if label is not None and 0 < int(raw) < 256:
+            lut[int(raw)] = label
+    return lut
+
+
+LABEL_FORMATS: dict[str, LabelFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        LabelFormat("verse", MAX_VERSE_LABEL, dict(VERSE_NAMES)),
+        LabelFormat("ctspine1k", 25, CTSPINE1K_NAMES),
+        LabelFormat("totalseg_v1", TOTALSEG_V1_CLASSES, TOTALSEG_V1_SPINE),
+        LabelFormat("totalseg_v2", TOTALSEG_V2_CLASSES, TOTALSEG_V2_SPINE),
+    )
+}
+# Accepted on the command line: the formats above, and `totalsegmentator` = "TotalSegmentator, version from the
+# file" (a label table in the NIfTI header, or ids only v2 has); refused when the file cannot tell.
+TOTALSEG_ANY = "totalsegmentator"
+LABEL_FORMAT_CHOICES = (*LABEL_FORMATS, TOTALSEG_ANY)

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -185,21 +186,24 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Path, work: Path, threads: int) -> RunOutcome:
+def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Path, work: Path, threads: int,
+            labeled_fraction: float = LABELED_FRACTION) -> RunOutcome:
     """Train, predict and evaluate one (method, seed) in this process; the outcome is saved for reuse."""
     import torch
 
     from vertseg.distributed.train import run_training
+    from vertseg.evaluation.holdout import volume_validator
     from vertseg.steps import evaluate_predictions, predict_folder
 
     torch.set_num_threads(threads)
     name = f"{method}-seed{seed}"
     config = load_config(RESOURCES / "demo.yaml", overrides + [f"train.method={method}", f"train.seed={seed}",
-                                                               f"train.labeled_fraction={LABELED_FRACTION}"])
+                                                               f"train.labeled_fraction={labeled_fraction}"])
     runs = work / "runs"
     start = time.perf_counter()
     result = run_training(config, store, None, num_workers=0, use_gpu=torch.cuda.is_available(), run_name=name,
-                          storage_path=runs, mlflow_uri="none", resume=(runs / name / "checkpoints" / "latest.pt").exists())
+                          storage_path=runs, mlflow_uri="none", resume=(runs / name / "checkpoints" / "latest.pt").exists(),
+                          volume_validation=partial(volume_validator, store))
     train_seconds = time.perf_counter() - start
     if result.interrupted:
         raise RuntimeError(f"{name}: training was interrupted; rerun the benchmark to resume it")
@@ -232,7 +236,8 @@ def _line(outcome: RunOutcome) -> str:
 
 
 def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test: Path, work: Path, parallel: int,
-            threads: int, echo: Callable[[str], None], e_cons: int = 0) -> list[RunOutcome]:
+            threads: int, echo: Callable[[str], None], e_cons: int = 0,
+            labeled_fraction: float = LABELED_FRACTION) -> list[RunOutcome]:
     """Every (method, seed), `parallel` at a time in separate processes; saved outcomes are reused."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
@@ -253,7 +258,8 @@ def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test
         else:
             todo.append((method, seed))
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, m, s, overrides, store, test, work, threads): (m, s) for m, s in todo}
+        futures = {pool.submit(run_one, m, s, overrides, store, test, work, threads, labeled_fraction): (m, s)
+                   for m, s in todo}
         for future in as_completed(futures):
             outcomes[futures[future]] = future.result()
             echo(f"done    {_line(outcomes[futures[future]])}")
@@ -272,7 +278,7 @@ def scale_schedule(overrides: list[str], budget: int) -> list[str]:
     return out
 
 
-def labeled_coverage(labels_by_scan: dict[str, set[int]], seeds: int) -> str:
+def labeled_coverage(labels_by_scan: dict[str, set[int]], seeds: int, fraction: float = LABELED_FRACTION) -> str:
     """Which C1-L5 levels each seed's labeled scans show (`labels_by_scan`: the training scans of the labeled pool
     and the VerSe labels each holds): identification can only be learned for those."""
     from vertseg.labels import VERSE_NAMES
@@ -280,7 +286,7 @@ def labeled_coverage(labels_by_scan: dict[str, set[int]], seeds: int) -> str:
 
     lines = []
     for seed in range(seeds):
-        kept, _ = split_labeled(list(labels_by_scan), LABELED_FRACTION, seed)
+        kept, _ = split_labeled(list(labels_by_scan), fraction, seed)
         shown = set().union(*(labels_by_scan[scan] for scan in kept))
         missing = [VERSE_NAMES[label] for label in range(1, 25) if label not in shown]
         lines.append(f"seed {seed}: {len(kept)} labeled scans show {24 - len(missing)}/24 of C1-L5"
@@ -298,16 +304,20 @@ def store_labels(store: Path, config: Any) -> dict[str, set[int]]:
 
 
 def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path, parallel: int = 2,
-                      threads: int = 1, echo: Callable[[str], None] = print, budget: int = 1) -> Path:
+                      threads: int = 1, echo: Callable[[str], None] = print, budget: int = 1,
+                      labeled_fraction: float = LABELED_FRACTION, extra_overrides: list[str] | None = None) -> Path:
     """Phantoms + store once, then every (method, seed) run; writes the `quality` section of `output`
     (`quality-xN` for a longer budget, so the default table stays)."""
     from vertseg.steps import make_phantom_pools, pool_sources, preprocess_in_process
 
     start = time.perf_counter()
     pools, overrides = (GPU_POOLS, GPU_OVERRIDES) if full else (CPU_POOLS, CPU_OVERRIDES)
-    overrides = scale_schedule(overrides, budget)
+    extra = list(extra_overrides or [])
+    overrides = scale_schedule(overrides, budget) + extra
     fingerprint = hashlib.sha1(json.dumps(asdict(pools), sort_keys=True).encode()).hexdigest()[:8]
+    variant = hashlib.sha1(json.dumps([labeled_fraction, extra]).encode()).hexdigest()[:6]
     work = Path(workdir) / (("full" if full else "cpu") + (f"-x{budget}" if budget != 1 else "") + f"-{fingerprint}")
+    runs_dir = work if (labeled_fraction == LABELED_FRACTION and not extra) else work / f"variant-{variant}"
     config = load_config(RESOURCES / "demo.yaml", overrides)
     store = work / "store.zarr"
     if not (store / "manifest.json").exists():
@@ -316,13 +326,18 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
         preprocess_in_process(pool_sources([folders["labeled"]]), store, config)
     test = work / "data" / "test"
     jobs = [(method, seed) for seed in range(seeds) for method in methods]
-    outcomes = run_all(jobs, overrides, store, test, work, parallel, threads, echo, config.train.schedule.e_cons)
+    outcomes = run_all(jobs, overrides, store, test, runs_dir, parallel, threads, echo, config.train.schedule.e_cons,
+                       labeled_fraction)
     body = render(outcomes, methods, pools, overrides, time.perf_counter() - start, parallel, threads,
-                  config.train.schedule) + "\n\n" + labeled_coverage(store_labels(store, config), seeds)
+                  config.train.schedule) + "\n\n" + labeled_coverage(store_labels(store, config), seeds, labeled_fraction)
     command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (
         f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "") + (
-        f" --budget {budget}" if budget != 1 else "")
-    key, title = "quality", "Model quality at 25% labels on phantoms: fsl vs proposed"
+        f" --budget {budget}" if budget != 1 else "") + (
+        f" --labeled-fraction {labeled_fraction:g}" if labeled_fraction != LABELED_FRACTION else "") + "".join(
+        f" --set {o}" for o in extra)
+    key, title = "quality", f"Model quality at {100 * labeled_fraction:g}% labels on phantoms: {' vs '.join(methods)}"
     if budget != 1:
         key, title = f"quality-x{budget}", f"{title} ({budget}x the training steps)"
+    if runs_dir != work:
+        key, title = f"{key}-{variant}", f"{title}, {', '.join(extra) or 'defaults'}"
     return write_section(key, title, command, body, output)

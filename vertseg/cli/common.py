@@ -9,7 +9,16 @@ from rich.console import Console
 
 from vertseg.config import ConfigError, VertsegConfig, load_config
 
-console = Console(stderr=True)
+
+class MessageConsole(Console):
+    """Rich's console, wrapping text at the terminal's width only on a terminal. Piped or redirected (scripts, CI
+    logs, test runners) a message stays on one line however long the paths it names, so grep finds it whole."""
+
+    def print(self, *objects, soft_wrap: bool | None = None, **kwargs) -> None:
+        super().print(*objects, soft_wrap=not self.is_terminal if soft_wrap is None else soft_wrap, **kwargs)
+
+
+console = MessageConsole(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":

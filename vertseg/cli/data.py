@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from vertseg.cli.common import ConfigOption, SetOption, config_or_exit, console, fail
+from vertseg.cli.common import ConfigOption, MessageConsole, SetOption, config_or_exit, console, fail
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -24,6 +24,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         pool: str = typer.Option("auto", help="labeled | unlabeled | auto (labeled when a mask exists)."),
         dataset: str = typer.Option(None, help="Force a layout/dataset name (verse19, verse20, ctspine1k, nifti, dicom)."),
         overlap: str = typer.Option("dedupe", help="Patients in two pools: dedupe (keep the safest) or refuse."),
+        label_format: str = typer.Option(None, "--label-format", help=(
+            "Mask numbering: verse | ctspine1k | totalseg_v1 | totalseg_v2 | totalsegmentator (version read from the "
+            "file, refused when it cannot tell). Default: the layout's own (VerSe, CTSpine1K), else verse."
+        )),
+        allow_irregular: bool = typer.Option(
+            False, "--allow-irregular",
+            help="DICOM series with uneven slice positions (a missing slice): resample onto a uniform grid instead of refusing.",
+        ),
     ) -> None:
         """Resample scans to the canonical 1 mm frame and write them to a chunked Zarr v3 store, in parallel on Ray."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -35,7 +43,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail(f"--pool must be labeled, unlabeled or auto, not {pool!r}")
         settings = config_or_exit(config, overrides)
         try:
-            found = discover_cases(sources, dataset)
+            found = discover_cases(sources, dataset, label_format, allow_irregular=allow_irregular)
             report = check_pool_overlap(found, policy=overlap)
         except OverlapError as error:
             raise fail(f"patients overlap across pools (--overlap refuse):\n{error}") from None
@@ -96,10 +104,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
 
 def _print_description(description: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    out = Console()
+    out = MessageConsole()
     summary = description["summary"]
     out.print(
         f"store {description['store']}: {summary['cases']} cases ({summary['labeled']} labeled, "

@@ -38,6 +38,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         parallel: int = typer.Option(2, "--parallel", min=1, help="Runs trained at once (separate processes)."),
         threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per run (1 avoids oversubscribing CPUs)."),
         budget: int = typer.Option(1, "--budget", min=1, help="N x the epochs (same schedule shape); own section."),
+        labeled_fraction: float = typer.Option(0.25, "--labeled-fraction", min=0.01, max=1.0,
+                                               help="Share of the labeled pool that keeps its labels (Table 2)."),
+        overrides: list[str] = typer.Option([], "--set", help="Config override key=value for every run (an ablation); own section."),
     ) -> None:
         """fsl vs proposed (and any SSL baseline) at 25% labels on held-out phantoms: Dice, Acc_ID and VerSe id-rate,
         mean ± std over seeds, with the consistency diagnostics; writes the `quality` section of docs/benchmarks.md."""
@@ -51,5 +54,48 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if unknown or not chosen:
             raise fail(f"--methods takes {', '.join(get_args(Method))}; unknown: {', '.join(unknown) or '(none given)'}")
         path = run_quality_bench(chosen, seeds, full, workdir, output, parallel, threads,
-                                 echo=lambda line: console.print(line, highlight=False), budget=budget)
+                                 echo=lambda line: console.print(line, highlight=False), budget=budget,
+                                 labeled_fraction=labeled_fraction, extra_overrides=overrides)
         console.print(f"wrote {path}", highlight=False)
+
+    @bench_app.command("identification")
+    def bench_identification(
+        oracle: bool = typer.Option(False, "--oracle", help="Perfect network outputs built from the phantoms' ground truth."),
+        seed: int = typer.Option(2028, "--seed", help="Phantom seed (2028: the quality bench's test pool)."),
+        cases: int = typer.Option(4, "--cases", min=1, help="Test phantoms."),
+        size: str = typer.Option("medium", "--size", help="Phantom size preset (`vertseg synth --size`)."),
+        config: Path = typer.Option(None, "--config", help="Config whose data/inference sections apply (default: demo.yaml)."),
+        overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable), e.g. inference.seeds=peaks."),
+        variants: str = typer.Option(",".join(("one-hot", "heatmap", "flat-T4", "flat-T8", "noise", "dropped-class")),
+                                     "--variants", help="Comma-separated oracle outputs to run."),
+        workdir: Path = typer.Option(Path(".bench/identification"), "--workdir", help="Phantoms, store, predictions."),
+        output: Path = typer.Option(Path("docs/benchmarks.md"), "--output", help="Benchmarks file to update."),
+    ) -> None:
+        """Identification through the real inference path (localisation, sliding window, post-processing, writers,
+        `vertseg evaluate`) from oracle network outputs; one-hot outputs must score 100 %."""
+        from vertseg.bench.oracle import VARIANTS, last_line, render_rows, run_oracle_bench
+        from vertseg.bench.report import markdown_table, write_section
+        from vertseg.config import load_config
+        from vertseg.steps import RESOURCES
+
+        if not oracle:
+            raise fail("only the oracle benchmark exists: pass --oracle (trained models: `vertseg bench quality`)")
+        chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+        unknown = [v for v in chosen if v not in VARIANTS]
+        if unknown or "one-hot" not in chosen:
+            raise fail(f"--variants takes {', '.join(VARIANTS)} and must include one-hot; unknown: {', '.join(unknown)}")
+        cfg = load_config(config or RESOURCES / "demo.yaml", overrides)
+        rows = run_oracle_bench(workdir, cfg, seed, cases, size, chosen)
+        headers, table = render_rows(rows)
+        text = markdown_table(headers, table)
+        console.print(text, highlight=False, soft_wrap=True)
+        command = (f"vertseg bench identification --oracle --seed {seed} --cases {cases} --size {size}"
+                   + (f" --config {config}" if config else "") + "".join(f" --set {o}" for o in overrides))
+        body = (f"{cases} `{size}` test phantoms (seed {seed}) at {cfg.data.spacing_mm:g} mm, inference settings of "
+                f"{config or 'vertseg/resources/demo.yaml'}; the network is replaced by its ground truth "
+                "(`vertseg/bench/oracle.py`), everything after it is the production path, scored by `vertseg evaluate`'s "
+                "runner at 1 mm.\n\n" + text + "\n\n" + last_line(rows))
+        key = "-".join([f"identification-oracle-{seed}", *(o.replace("=", "-") for o in overrides)])
+        write_section(key, f"Identification oracle (seed {seed}{', ' + ', '.join(overrides) if overrides else ''})",
+                      command, body, output)
+        console.print(last_line(rows), highlight=False)

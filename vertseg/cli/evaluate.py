@@ -21,9 +21,17 @@ class Candidates(str, Enum):
 
 
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Prediction folder: <case>/<case>_seg.nii.gz (+ <case>_ctd.json)."),
+    pred: Path = typer.Option(
+        ..., "--pred",
+        help="Prediction folder: <case>_seg.nii.gz or VerSe <case>_seg-vert_msk.nii.gz, flat or in <case>/ "
+             "(+ <case>_ctd.json or <case>_seg-subreg_ctd.json).",
+    ),
     gt: list[Path] = typer.Option(..., "--gt", help="Ground-truth dataset folder(s) or files (any reader layout)."),
     dataset: str = typer.Option(None, "--dataset", help="Force a reader layout: verse19, verse20, ctspine1k, nifti."),
+    label_format: str = typer.Option(None, "--label-format", help=(
+        "Mask numbering: verse | ctspine1k | totalseg_v1 | totalseg_v2 | totalsegmentator (version read from the "
+        "file, refused when it cannot tell). Default: the layout's own (VerSe, CTSpine1K), else verse."
+    )),
     by_region: bool = typer.Option(False, "--by-region", help="Add the cervical/thoracic/lumbar split (Table 5)."),
     out: Path = typer.Option(None, "--out", help="Summary JSON (default PRED/evaluation.json); the CSV goes beside it."),
     spacing: float = typer.Option(
@@ -40,32 +48,42 @@ def evaluate(
         help="Predicted instances: components per label, or of the binary mask (Eq. 15 read literally).",
     ),
     candidates: Candidates = typer.Option(
-        Candidates.all, "--id-candidates",
-        help="Nearest-centroid search over all GT vertebrae (VerSe paper) or only those also predicted (official utility).",
+        Candidates.intersection, "--id-candidates",
+        help="Nearest-centroid search over GT vertebrae also predicted (official get_hits) or over all of them.",
+    ),
+    surface: bool = typer.Option(True, "--surface/--no-surface", help="Per-vertebra Hausdorff and HD95 (MONAI)."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing",
+        help="Exit 0 even when predictions are missing or unreadable (they are still scored as empty).",
     ),
 ) -> None:
-    """Dice (binary, per vertebra, multilabel), paper Acc_ID (Eq. 15-17), VerSe id-rate and localisation distance."""
+    """Dice (binary, per vertebra, multilabel), paper Acc_ID (Eq. 15-17), VerSe id-rate, localisation distance,
+    Hausdorff and HD95. Missing or unreadable predictions are scored as empty and make the exit code 1."""
     from rich.progress import Progress
 
     from vertseg.evaluation.case import EvalSettings
     from vertseg.evaluation.runner import evaluate_folder, write_report
 
     settings = EvalSettings(iou_threshold=iou_threshold, min_fragment_ml=min_fragment_ml, instance_mode=instances.value,
-                            id_candidates=candidates.value)
+                            id_candidates=candidates.value, surface_distances=surface)
     try:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("evaluating", total=None)
             report = evaluate_folder(pred, list(gt), settings, by_region, spacing or None, dataset,
-                                     progress=lambda case: bar.update(task, advance=1, description=case))
+                                     progress=lambda case: bar.update(task, advance=1, description=case),
+                                     label_format=label_format)
     except ValueError as error:
         raise fail(str(error)) from None
     out_json, out_csv = write_report(report, out or pred / "evaluation.json")
     _print_summary(report.summary, by_region)
     for case_id, problem in report.failed.items():
-        console.print(f"[yellow]failed[/] {case_id}: {problem}", highlight=False)
-    console.print(f"{len(report.cases)} cases evaluated, {len(report.failed)} failed -> {out_json}, {out_csv}")
-    if not report.cases:
-        raise typer.Exit(1)
+        console.print(f"[yellow]failed[/] {case_id}: {problem}", highlight=False, soft_wrap=True)
+    console.print(f"{report.summary['headline']} -> {out_json}, {out_csv}", highlight=False, soft_wrap=True)
+    if report.not_scored or not report.cases:
+        raise fail(f"{len(report.not_scored)} ground-truth cases could not be read; see the failed list above", 1)
+    if report.scored_as_empty and not allow_missing:
+        raise fail(f"{len(report.scored_as_empty)} predictions missing or unreadable (scored as empty); "
+                   "pass --allow-missing to accept that", 1)
 
 
 def _pct(value) -> str:
@@ -79,12 +97,15 @@ def _mm(value) -> str:
 def _print_summary(summary: dict, by_region: bool) -> None:
     from rich.table import Table
 
-    table = Table("scope", "vertebrae", "binary Dice", "vertebra Dice", "Acc_ID (Eq. 15)", "id-rate", "dist mm")
+    table = Table("scope", "vertebrae", "binary Dice", "vertebra Dice", "Acc_ID (Eq. 15)", "id-rate", "dist mm",
+                  "HD mm", "HD95 mm", title=f"vertseg evaluate: {summary['headline']}")
     table.add_row("all", str(summary["vertebrae"]), _pct(summary["binary_dice"]), _pct(summary["mean_vertebra_dice"]),
-                  _pct(summary["acc_id"]), _pct(summary["id_rate"]), _mm(summary["mean_distance_mm"]))
+                  _pct(summary["acc_id"]), _pct(summary["id_rate"]), _mm(summary["mean_distance_mm"]),
+                  _mm(summary["mean_hausdorff_mm"]), _mm(summary["mean_hd95_mm"]))
     for name, region in (summary.get("regions") or {}).items() if by_region else ():
         table.add_row(name, str(region["vertebrae"]), "", _pct(region["mean_vertebra_dice"]), _pct(region["acc_id"]),
-                      _pct(region["id_rate"]), _mm(region["mean_distance_mm"]))
+                      _pct(region["id_rate"]), _mm(region["mean_distance_mm"]), _mm(region["mean_hausdorff_mm"]),
+                      _mm(region["mean_hd95_mm"]))
     typer.echo("")
     console.print(table)
 

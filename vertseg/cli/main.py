@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+
+class RootGroup(TyperGroup):
+    """The `vertseg` group. Where stderr is not a terminal (pipes, files, CI logs, test runners) usage errors (an
+    unknown option, a bad value) are click's plain `Error: ...` line instead of Typer's framed panel, whose text is
+    hard-wrapped at 80 columns and so splits long paths across lines. `vertseg --help` is then plain text too."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not sys.stderr.isatty():
+            self.rich_markup_mode = None  # read by Typer's error handler; this group is built afresh for each call
+        return super().main(*args, **kwargs)
+
 
 app = typer.Typer(
+    cls=RootGroup,
     name="vertseg",
     help="Semi-supervised vertebra segmentation and identification (C1-L5) in spine CT.",
     no_args_is_help=True,
@@ -24,6 +40,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model",
     "train",
     "predict",
+    "weights",
+    "export",
     "evaluate",
     "tune",
     "report",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import typer
@@ -10,11 +11,17 @@ from vertseg.cli.common import ConfigOption, SetOption, config_or_exit, console,
 
 
 def _build_predictor(checkpoint: Path | None, config_path: Path | None, overrides: list[str], random_weights: bool,
-                     seed: int, device: str):
-    """The Predictor for a checkpoint, or an untrained network with --random-weights (smoke tests only)."""
+                     seed: int, device: str, onnx: Path | None = None):
+    """The Predictor for a checkpoint, an exported ONNX model (ONNX Runtime, CPU), or an untrained network with
+    --random-weights (smoke tests only)."""
     from vertseg.inference.model_loading import load_model, random_model, resolve_device
     from vertseg.inference.predictor import Predictor
 
+    if onnx is not None:
+        from vertseg.inference.onnx_runtime import load_onnx
+
+        network, config = load_onnx(onnx, overrides)
+        return Predictor(network, config, "cpu"), f"{onnx} (ONNX Runtime, CPU)"
     torch_device = resolve_device(device)
     if random_weights:
         config = config_or_exit(config_path, overrides)
@@ -23,7 +30,7 @@ def _build_predictor(checkpoint: Path | None, config_path: Path | None, override
     return Predictor(model, config, torch_device), f"{checkpoint} ({key} weights)"
 
 
-def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done, gpu: bool) -> list[dict]:
+def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done, gpu: bool, options) -> list[dict]:
     """Run jobs on a pool of Ray actors, each holding one loaded network (and one GPU when predicting on CUDA);
     joins a running cluster when there is one."""
     import os
@@ -42,15 +49,15 @@ def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done, gpu:
             torch.set_num_threads(1)
             self.predictor, _ = _build_predictor(*args)
 
-        def run(self, job, out_dir: str) -> dict:
+        def run(self, job, out_dir: str, options) -> dict:
             from vertseg.inference.runner import predict_job
 
-            return predict_job(self.predictor, job, Path(out_dir))
+            return predict_job(self.predictor, job, Path(out_dir), options)
 
     actor = PredictWorker.options(num_gpus=1) if gpu else PredictWorker
     pool = ActorPool([actor.remote(build_args) for _ in range(max(1, min(workers, len(jobs))))])
     records = []
-    for record in pool.map_unordered(lambda actor, job: actor.run.remote(job, str(out)), jobs):
+    for record in pool.map_unordered(lambda actor, job: actor.run.remote(job, str(out), options), jobs):
         records.append(record)
         on_done(record)
     order = {job.case_id: n for n, job in enumerate(jobs)}
@@ -60,12 +67,34 @@ def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done, gpu:
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        inputs: list[Path] = typer.Argument(..., help="NIfTI files, DICOM series folders, dataset folders or Zarr stores."),
+        inputs: list[Path] = typer.Argument(
+            None, help="Scans: NIfTI / NRRD / MetaImage files, DICOM series folders or .zip, dataset folders, Zarr stores.",
+            show_default=False,
+        ),
+        input_options: list[Path] = typer.Option(None, "--input", "-i", help="A scan (as the arguments); repeatable.",
+                                                 show_default=False),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: <out>/<case_id>/... and summary.json."),
-        checkpoint: Path = typer.Option(None, "--checkpoint", help="Training checkpoint (teacher/EMA weights are used)."),
+        checkpoint: Path = typer.Option(
+            None, "--checkpoint",
+            help="Training checkpoint (teacher/EMA weights are used); default: the default model of `vertseg weights`.",
+        ),
+        onnx: Path = typer.Option(None, "--onnx", help="An ONNX model from `vertseg export --onnx`, run by ONNX Runtime on CPU."),
         config: Path = ConfigOption,
         overrides: list[str] = SetOption,
-        device: str = typer.Option("auto", help="auto | cpu | cuda (auto picks CUDA when present)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps (auto picks CUDA when present)."),
+        statistics: bool = typer.Option(
+            False, "--statistics",
+            help="Also <case>_statistics.json/.csv: volume, body HU mean/median, RAS centroid, confidence, border flag.",
+        ),
+        output_type: str = typer.Option(
+            "nifti", "--output-type", help="nifti (+ Slicer/ITK-SNAP label tables) | dicom-seg (DICOM inputs only)."
+        ),
+        label_numbering: str = typer.Option(
+            "verse", "--labels", help="Numbering of the written labelmap: verse (1-28) | totalseg (TotalSegmentator v2 ids)."
+        ),
+        fast: bool = typer.Option(
+            False, "--fast", help="Faster, coarser inference (inference.FAST_OVERRIDES: 2x coarser grid, bone localisation)."
+        ),
         tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (inference.mirror_axes)."),
         use_ray: bool = typer.Option(False, "--ray", help="Run cases in parallel on Ray (joins RAY_ADDRESS when set)."),
         workers: int = typer.Option(2, min=1, help="With --ray: actors, each holding one copy of the network (and a GPU)."),
@@ -74,30 +103,65 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             False, "--random-weights", help="SMOKE TESTS ONLY: an untrained network from --config; predictions are meaningless."
         ),
         seed: int = typer.Option(0, help="Seed of the --random-weights network."),
+        allow_irregular: bool = typer.Option(
+            False, "--allow-irregular",
+            help="DICOM series with uneven slice positions (a missing slice): resample onto a uniform grid instead of refusing.",
+        ),
     ) -> None:
         """Segment and identify the vertebrae of every input scan; outputs lie on each scan's original grid.
 
-        Writes <case>_seg.nii.gz (VerSe labels), <case>_ctd.json (VerSe centroids), <case>_vertebrae.json/.csv
-        (volume, confidence) and <case>_qc.png per case, and summary.json; exits 1 when any case failed.
+        `vertseg predict -i ct.nii.gz -o out/` or `vertseg predict scan1 scan2 -o out/`. Writes per case
+        <case>_seg.nii.gz (VerSe labels, or TotalSegmentator ids with --labels totalseg) with <case>_seg.ctbl (3D Slicer)
+        and <case>_seg_itksnap.txt (ITK-SNAP) label tables, or <case>_seg.dcm with --output-type dicom-seg;
+        <case>_ctd.json (VerSe centroids), <case>_vertebrae.json/.csv (volume, confidence), <case>_qc.png, with
+        --statistics <case>_statistics.json/.csv; and summary.json. Exits 1 when any case failed.
         """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from vertseg.inference.cases import collect_jobs
         from vertseg.inference.model_loading import CheckpointError
-        from vertseg.inference.runner import predict_all, write_summary
+        from vertseg.inference.progress import CaseWindows
+        from vertseg.inference.runner import predict_all, stage_line, write_summary
+        from vertseg.inference.writers import OutputOptions
 
-        if (checkpoint is None) == (not random_weights):
-            raise fail("give --checkpoint CKPT, or --random-weights --config C for a smoke test (not both)")
-        if checkpoint is not None and config is not None:
-            raise fail("--config is not used with --checkpoint (the checkpoint holds its config); use --set for inference keys")
+        inputs = list(inputs or []) + list(input_options or [])
+        if not inputs:
+            raise fail("give the scans to predict: vertseg predict -i SCAN -o OUT (or as arguments)")
+        if output_type not in ("nifti", "dicom-seg"):
+            raise fail(f"--output-type must be nifti or dicom-seg, not {output_type!r}")
+        if label_numbering not in ("verse", "totalseg"):
+            raise fail(f"--labels must be verse or totalseg, not {label_numbering!r}")
+        if output_type == "dicom-seg" and label_numbering != "verse":
+            raise fail("--labels applies to NIfTI output; DICOM-SEG segments are named and coded per vertebra")
+        options = OutputOptions(output_type=output_type, labels=label_numbering, statistics=statistics)
+        unpack_dir = out / ".unpacked"
+
+        if (checkpoint is not None) + (onnx is not None) + random_weights > 1:
+            raise fail("give one of --checkpoint CKPT, --onnx MODEL or --random-weights --config C (smoke tests)")
+        if not random_weights and config is not None:
+            raise fail("--config is not used with --checkpoint/--onnx (the model holds its config); use --set for inference keys")
+        if checkpoint is None and onnx is None and not random_weights:
+            from vertseg.weights import Registry, RegistryError
+
+            try:
+                checkpoint, entry = Registry().verified_checkpoint()
+            except RegistryError as error:
+                raise fail(str(error)) from None
+            console.print(f"no --checkpoint: using the default registered model {entry.ref}", highlight=False)
+        from vertseg.inference.config import FAST_OVERRIDES
+
         overrides = list(overrides or []) + (["inference.mirror_tta=true"] if tta else [])
+        overrides += list(FAST_OVERRIDES) if fast else []
         try:
-            jobs = collect_jobs(inputs, split)
+            jobs = collect_jobs(inputs, split, unpack_dir=unpack_dir, allow_irregular=allow_irregular)
         except (ValueError, OSError, RuntimeError) as error:
             raise fail(str(error)) from None
         if not jobs:
             raise fail(f"no scans found in {', '.join(map(str, inputs))}")
-        build_args = (checkpoint, config, overrides, random_weights, seed, device)
+        not_dicom = [job.origin for job in jobs if job.source is None or not Path(job.source.image).is_dir()]
+        if output_type == "dicom-seg" and not_dicom:
+            raise fail(f"--output-type dicom-seg needs DICOM series inputs to reference; not DICOM: {', '.join(not_dicom[:3])}")
+        build_args = (checkpoint, config, overrides, random_weights, seed, device, onnx)
         try:
             predictor, weights = _build_predictor(*build_args)
         except (CheckpointError, ValueError) as error:
@@ -107,18 +171,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
             task = progress.add_task("predicting", total=len(jobs))
+            windows = CaseWindows(progress)
+            predictor.on_progress = windows.update
 
             def on_done(record: dict) -> None:
+                windows.finish()
                 if record["status"] != "ok":
                     progress.console.print(f"[red]failed[/] {record['case_id']}: {record['error']}", highlight=False)
+                else:
+                    progress.console.print(stage_line(record), highlight=False)
                 progress.advance(task)
 
             if use_ray:
                 gpu = predictor.device.type == "cuda"
                 del predictor  # each actor loads its own copy
-                records = _ray_records(jobs, out, workers, build_args, on_done, gpu)
+                records = _ray_records(jobs, out, workers, build_args, on_done, gpu, options)
             else:
-                records = predict_all(predictor, jobs, out, on_done)
+                records = predict_all(predictor, jobs, out, on_done, options)
+        shutil.rmtree(unpack_dir, ignore_errors=True)
         summary = write_summary(out, records, {"weights": weights, "ray": use_ray})
         console.print(f"{summary['succeeded']}/{summary['cases']} case(s) written to {out}", highlight=False)
         if summary["failed"]:
@@ -128,15 +198,26 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_infer(
         quick: bool = typer.Option(False, "--quick", help="A smaller phantom (256x256x150 at 1 mm) for a fast check."),
         device: str = typer.Option("auto", help="auto | cpu | cuda; auto also times CUDA when present."),
-        base_width: int = typer.Option(None, help="Network width (default: 8 on CPU, the paper's 16 on CUDA)."),
+        base_width: int = typer.Option(None, help="Network width (default: the paper's 16)."),
         out: Path = typer.Option(Path("docs/benchmarks.md"), help="Benchmarks file to update."),
         network_only: bool = typer.Option(
             False, "--network-only", help="Only localisation, sliding window and post-processing on an in-memory phantom."
         ),
+        quality_checkpoint: Path = typer.Option(
+            None, "--quality-checkpoint", help="Instead of timing: score each path with this trained checkpoint ..."
+        ),
+        quality_data: Path = typer.Option(None, "--quality-data", help="... on these labelled scans (`infer-quality` section)."),
     ) -> None:
-        """Seconds per case for a 512x512x300 phantom at 1 mm, split load / localisation / sliding window /
+        """Seconds per case for a 512x512x300 phantom at 1 mm with the settings before issue 16, today's defaults
+        and --fast in one run (load average beside them), split load / localisation / sliding window /
         post-processing / writing, and peak memory; writes the `infer` section of docs/benchmarks.md."""
-        from vertseg.bench.infer import run_infer_bench, run_network_bench
+        from vertseg.bench.infer import run_infer_bench, run_infer_quality, run_network_bench
+
+        if (quality_checkpoint is None) != (quality_data is None):
+            raise fail("--quality-checkpoint and --quality-data go together")
+        if quality_checkpoint is not None:
+            run_infer_quality(quality_checkpoint, quality_data, out)
+            return
 
         run = run_network_bench if network_only else run_infer_bench
         run(quick=quick, device=device, base_width=base_width, bench_file=out)

@@ -19,11 +19,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         gpus: int = typer.Option(None, "--gpus", min=1, help="N GPU workers (DDP over NCCL)."),
         cpu_workers: int = typer.Option(None, "--cpu-workers", min=0, help="N CPU workers (DDP over gloo); 0 = this process, no Ray."),
         address: str = typer.Option(None, "--address", help="Ray cluster to join: 'auto' or ray://host:10001."),
-        name: str = typer.Option(None, "--name", help="Run name (default: deterministic from method, config and store)."),
+        name: str = typer.Option(None, "--name", help="Run name, a folder under --out (default: deterministic from method, config and store). A fresh run "
+                                                          "always gets a new MLflow run, even if an earlier one has this name."),
         mlflow_uri: str = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default sqlite:///RUNS_DIR/mlflow.db; 'none' = off)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the run of this name from its latest checkpoint."),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue the run of this name from its latest checkpoint and its MLflow run; refused "
+                                    "when the config or the store manifest changed since the run started."),
         auto_resume: bool = typer.Option(
             False, "--auto-resume", help="Continue the run when it has a checkpoint, else start it (requeued batch jobs)."
+        ),
+        init_from: Path = typer.Option(
+            None, "--init-from", metavar="CKPT",
+            help="Fine-tune: start from this checkpoint's weights (every tensor whose name and shape match; the rest, "
+                 "e.g. the identification head of another class count, stays fresh and is reported), teacher = "
+                 "student, fresh optimiser and schedule. Ignored when resuming.",
         ),
         out: Path = typer.Option(Path("runs"), "--out", help="Runs directory (checkpoints, MLflow database)."),
         evaluate: str = typer.Option(
@@ -39,9 +48,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         for path, flag in ((store, "--store"), (unlabeled, "--unlabeled")):
             if path is not None and not (path / "manifest.json").exists():
                 raise fail(f"{flag} {path} is not a vertseg store (no manifest.json); run `vertseg preprocess` first")
+        if init_from is not None and not init_from.is_file():
+            raise fail(f"--init-from {init_from} does not exist")
         import torch
 
+        from vertseg.distributed.run_identity import RunMismatchError
+        from functools import partial
+
         from vertseg.distributed.train import RunExistsError, default_run_name, run_training
+        from vertseg.evaluation.holdout import volume_validator
         from vertseg.training.checkpoint import CheckpointError
 
         use_gpu = gpus is not None or (cpu_workers is None and torch.cuda.is_available())
@@ -54,8 +69,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         console.print(f"run [bold]{run_name}[/] -> {out / run_name} ({workers or 'no'} {'GPU' if use_gpu else 'CPU'} workers)", highlight=False)
         try:
             result = run_training(settings, store, unlabeled, num_workers=workers, use_gpu=use_gpu, run_name=run_name,
-                                  storage_path=out, mlflow_uri=mlflow_uri, resume="auto" if auto_resume else resume)
-        except (RunExistsError, FileNotFoundError, CheckpointError, ValueError) as error:
+                                  storage_path=out, mlflow_uri=mlflow_uri, resume="auto" if auto_resume else resume,
+                                  init_from=init_from, volume_validation=partial(volume_validator, store))
+        except (RunExistsError, RunMismatchError, FileNotFoundError, CheckpointError, ValueError) as error:
             raise fail(str(error)) from None
         state = "stopped (resume with --resume)" if result.interrupted else "finished"
         console.print(f"{state} after {result.epochs} epochs; best {result.best_metrics and {k: round(v, 4) for k, v in result.best_metrics.items() if k.startswith('val_')}}; "

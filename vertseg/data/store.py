@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import zarr
 
+from vertseg.data.case_ids import case_id_problem, check_case_id
 from vertseg.data.chunks import ShardedArrayReader, UnsupportedLayout
 from vertseg.data.config import DataConfig
 from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry
-from vertseg.io import atomic_path, atomic_write_json
+from vertseg.io import atomic_path, atomic_write_json, path_under
 
 STORE_FORMAT = "vertseg-store/1"
 MANIFEST = "manifest.json"
@@ -88,7 +89,8 @@ def init_store(root: Path, config: DataConfig) -> None:
 
 
 def case_path(root: Path, case_id: str) -> Path:
-    return Path(root) / CASES / case_id
+    """The group of a case; an id that is not one safe path component, or leads out of `cases/`, is refused."""
+    return path_under(Path(root) / CASES, check_case_id(case_id, root))
 
 
 def read_case_attrs(root: Path, case_id: str) -> dict[str, Any] | None:
@@ -206,6 +208,11 @@ class VertStore:
             raise StoreError(f"{manifest_path} is not valid JSON: {error}") from None
         if self.manifest.get("format") != STORE_FORMAT:
             raise StoreError(f"{manifest_path}: unknown store format {self.manifest.get('format')!r}")
+        for case_id in self.manifest.get("cases", {}):
+            problem = case_id_problem(case_id)
+            if problem is not None:
+                raise StoreError(f"{manifest_path}: case id {case_id!r} {problem}; the manifest was not written by "
+                                 "`vertseg preprocess` or was edited")
         self.hu_window = tuple(hu_window) if hu_window is not None else (-500.0, 1500.0)
         self._arrays: dict[tuple[str, str], Any] = {}
         self._attrs: dict[str, dict[str, Any]] = {}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vertseg.data.case_ids import check_case_id
+
 Split = str  # "training" | "validation" | "test" | "unlabeled" | "" (unknown)
 
 
@@ -16,7 +18,7 @@ class CaseSource:
 
     `image` is a NIfTI file or a DICOM series folder (None for mask-only samples); `mask` and `centroids` are
     optional. `patient_id` groups scans of one person across datasets (VerSe'19 and '20 share ids).
-    `label_format` names the label convention of the mask ("verse", "ctspine1k", "totalsegmentator").
+    `label_format` names the label convention of the mask (`vertseg.labels.LABEL_FORMAT_CHOICES`, or "structures").
     """
 
     case_id: str
@@ -28,6 +30,10 @@ class CaseSource:
     centroids: Path | None = None
     label_format: str = "verse"
     series_uid: str | None = None  # DICOM only: which series of the `image` folder ("" = the only, unnamed one)
+    allow_irregular: bool = False  # DICOM only: resample uneven slice positions instead of refusing the series
+
+    def __post_init__(self) -> None:
+        check_case_id(self.case_id, self.image or self.mask)
 
     @property
     def labeled(self) -> bool:

@@ -2,7 +2,9 @@
 tuning trials. `num_workers=0` trains in this process without Ray (laptops, debugging), with the same outputs.
 
 Run layout under `storage_path/run_name/`: Ray's `checkpoint_*` folders (the latest two; restored after a worker
-failure or with `resume=True`), `best/checkpoint.pt` + `best/metrics.json`, `config.yaml`, `mlflow_run.json`.
+failure or with `resume=True`), `best/checkpoint.pt` + `best/metrics.json`, `config.yaml`, `identity.json` (hashes
+of the config and the store manifests; a resume is refused when they changed), `mlflow_run.json` (the MLflow run a
+resume re-attaches to).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vertseg.config import VertsegConfig, dump_config
+from vertseg.training.loop import VolumeValidation
 
 FAIL_ONCE_ENV = "VERTSEG_FAIL_ONCE_AT_EPOCH"  # fault-injection hook for tests of worker-failure recovery
 
@@ -85,17 +88,25 @@ def run_training(
     mlflow_parent_run_id: str | None = None,
     resume: bool | Literal["auto"] = False,
     report_to_tune: bool = False,
+    init_from: Path | None = None,
+    volume_validation: "VolumeValidation | None" = None,
 ) -> TrainingResult:
     """Train `config` on `store` (+ `unlabeled`) with `num_workers` Ray Train workers (0 = in this process).
 
     `resume`: True continues the run's latest checkpoint (an error if it has none); "auto" continues it when there
-    is one and starts the run otherwise (what a requeued batch job wants).
+    is one and starts the run otherwise (what a requeued batch job wants). `init_from`: a checkpoint whose weights
+    start a new run (fine-tuning, `Trainer.initialise_from`); a resumed run continues its own weights instead.
 
     `mlflow_uri` None means the default local SQLite store under `storage_path`; "none" disables MLflow.
+    `volume_validation` (`functools.partial(evaluation.holdout.volume_validator, store)`, built by the caller so
+    training never imports inference): full-volume validation on each rank, which then picks the best checkpoint.
     """
-    from vertseg.distributed.tracking import default_artifact_location, default_tracking_uri
+    from vertseg.distributed.run_identity import check_resume, run_identity, write_identity
+    from vertseg.distributed.tracking import RUN_FILE, default_artifact_location, default_tracking_uri, open_run
     from vertseg.distributed.worker import store_fingerprint
 
+    if run_name in ("", ".", "..") or "/" in run_name or "\\" in run_name:
+        raise ValueError(f"run name {run_name!r} must be a single folder name (no '/', '\\', '.' or '..')")
     storage_path = Path(storage_path).resolve()
     run_dir = storage_path / run_name
     if resume == "auto":
@@ -105,11 +116,18 @@ def run_training(
                              "or --name to start another run")
     if resume and not _has_checkpoint(run_dir):
         raise FileNotFoundError(f"--resume: run {run_name!r} has no checkpoint in {run_dir}")
+    identity = run_identity(config, Path(store), Path(unlabeled) if unlabeled else None)
+    if resume:
+        check_resume(run_dir, run_name, identity)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_identity(run_dir, identity)
+    if not resume:
+        (run_dir / RUN_FILE).unlink(missing_ok=True)  # an earlier attempt's MLflow run is not this run's
     uri = None if mlflow_uri == "none" else (mlflow_uri or default_tracking_uri(storage_path))
     artifacts = default_artifact_location(storage_path) if mlflow_uri is None else None
+    tracker = open_run(uri, artifacts, run_name, run_dir, identity, bool(resume), mlflow_parent_run_id) if uri else None
     if num_workers == 0:
-        return _run_local(config, Path(store), unlabeled, run_name, run_dir, uri, artifacts, mlflow_parent_run_id, resume)
+        return _run_local(config, Path(store), unlabeled, run_dir, tracker, resume, init_from, volume_validation)
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -125,10 +143,12 @@ def run_training(
     loop = {
         "config": config.model_dump(mode="json"), "store": str(Path(store).resolve()),
         "unlabeled": str(Path(unlabeled).resolve()) if unlabeled else None, "run_dir": str(run_dir), "run_name": run_name,
-        "mlflow_uri": uri, "artifact_location": artifacts, "mlflow_parent_run_id": mlflow_parent_run_id,
+        "mlflow_uri": uri, "mlflow_run_id": tracker.run_id if tracker else None,
         "fingerprint": store_fingerprint(Path(store)), "stop_file": str(stop_file),
         "fail_once_at_epoch": int(fail_epoch) if fail_epoch else None,
         "resume_from": str(ray_checkpoints(run_dir)[-1] / "checkpoint.pt") if resume and ray_checkpoints(run_dir) else None,
+        "init_from": str(Path(init_from).resolve()) if init_from else None,
+        "volume_validation": volume_validation,
     }
     callbacks = []
     if report_to_tune:
@@ -156,20 +176,20 @@ def _result(run_dir: Path, latest: str | None, last_metrics: dict[str, Any] | No
 
     best_file, best_metrics = run_dir / "best" / "checkpoint.pt", run_dir / "best" / "metrics.json"
     best = json.loads(best_metrics.read_text()) if best_metrics.exists() else None
-    mlflow_file = run_dir / "mlflow_run.json"
+    mlflow_file = run_dir / "mlflow_run.json"  # tracking.RUN_FILE, written when the run was opened
     run_id = json.loads(mlflow_file.read_text())["run_id"] if mlflow_file.exists() else None
     checkpoint = best_file if best_file.exists() else (Path(latest) / "checkpoint.pt" if latest else None)
     epochs = int((last_metrics or {}).get("epoch", 0))
     return TrainingResult(best, checkpoint, run_id, run_dir, epochs, interrupted, dict(last_metrics or {}))
 
 
-def _run_local(config, store, unlabeled, run_name, run_dir, uri, artifacts, parent, resume) -> TrainingResult:
+def _run_local(config, store, unlabeled, run_dir, tracker, resume, init_from=None, volume_validation=None
+               ) -> TrainingResult:
     """The single-process path, with the same MLflow logging as rank 0 of a Ray run."""
-    from vertseg.distributed.tracking import Tracker, step_metrics
+    from vertseg.distributed.tracking import step_metrics
     from vertseg.distributed.worker import store_fingerprint
     from vertseg.training.runner import train_local
 
-    tracker = Tracker(uri, artifacts, run_name, parent) if uri else None
     if tracker is not None:
         tracker.log_params({**config.model_dump(mode="json"), "run": {"world_size": 0, "store": str(store),
                                                                       "unlabeled": str(unlabeled) if unlabeled else None,
@@ -180,7 +200,9 @@ def _run_local(config, store, unlabeled, run_name, run_dir, uri, artifacts, pare
         if step % config.train.log_every_steps == 0:
             tracker.log_metrics(step_metrics(logs), step=step)
 
-    outcome = train_local(config, store, unlabeled, run_dir, resume=resume, loader_workers=config.train.loader_workers,
+    outcome = train_local(config, store, unlabeled, run_dir, resume=resume, init_from=init_from,
+                          volume_validation=volume_validation,
+                          loader_workers=config.train.loader_workers,
                           on_epoch=log_metrics, on_step=log_step if tracker else None)
     if tracker is not None:
         tracker.log_artifact(run_dir / "config.yaml")

@@ -80,16 +80,19 @@ def train_worker(loop: dict[str, Any]) -> None:
         best = state.get("best_metrics")
         if rank == 0:
             print(f"[vertseg] {loop['run_name']}: resumed at epoch {trainer.epoch} (step {trainer.step})", flush=True)
+    elif loop.get("init_from"):
+        report = trainer.initialise_from(loop["init_from"])
+        if rank == 0:
+            print(f"[vertseg] {loop['run_name']}: {report.summary()}", flush=True)
 
     tracker = None
     if rank == 0 and loop["mlflow_uri"]:
         from vertseg.distributed.tracking import Tracker, step_metrics
 
-        tracker = Tracker(loop["mlflow_uri"], loop["artifact_location"], loop["run_name"], loop["mlflow_parent_run_id"])
+        tracker = Tracker(loop["mlflow_uri"], loop["mlflow_run_id"])  # opened by the driver, so restarts keep it
         tracker.log_params({**loop["config"], "run": {"world_size": world, "store": loop["store"],
                                                        "unlabeled": loop["unlabeled"], "store_fingerprint": loop["fingerprint"],
                                                        "global_labeled_batch": world * config.train.optim.labeled_batch_size}})
-        atomic_write_json(run_dir / "mlflow_run.json", {"run_id": tracker.run_id, "tracking_uri": loop["mlflow_uri"]})
 
     stop_file = Path(loop["stop_file"])
     fail_epoch = loop.get("fail_once_at_epoch")
@@ -128,7 +131,9 @@ def train_worker(loop: dict[str, Any]) -> None:
         print("[vertseg] " + epoch_line(result, config.train.schedule.epochs, is_best), flush=True)
 
     atomic_write_text(run_dir / "config.yaml", dump_config(config)) if rank == 0 else None
-    fit(trainer, data, on_epoch_end, should_stop=lambda: _stop_requested(stop_file, device), on_step=on_step)
+    validation = loop.get("volume_validation")
+    fit(trainer, data, on_epoch_end, should_stop=lambda: _stop_requested(stop_file, device), on_step=on_step,
+        validate_volumes=validation(config, device, rank, world) if validation else None)
     if tracker is not None:
         tracker.log_artifact(run_dir / "config.yaml")
         if (run_dir / "best" / CHECKPOINT_FILE).exists():

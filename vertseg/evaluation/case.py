@@ -10,6 +10,7 @@ import numpy as np
 from vertseg.evaluation.identification import (DEFAULT_IOU_THRESHOLD, ID_RATE_MAX_MM, identification_accuracy,
                                                verse_identification)
 from vertseg.evaluation.overlap import binary_dice, confusion, mean_or_nan, multilabel_dice, per_label_dice
+from vertseg.evaluation.surface import surface_distances
 from vertseg.labels import REGIONS, VERSE_NAMES
 
 
@@ -19,7 +20,8 @@ class EvalSettings:
     min_fragment_ml: float = 0.5  # Eq. 15: small isolated fragments removed before matching
     instance_mode: Literal["labels", "binary"] = "labels"
     max_distance_mm: float = ID_RATE_MAX_MM
-    id_candidates: Literal["all", "intersection"] = "all"
+    id_candidates: Literal["all", "intersection"] = "intersection"  # official `get_hits`
+    surface_distances: bool = False  # per-vertebra Hausdorff / HD95 (MONAI; importing it costs seconds)
 
 
 @dataclass
@@ -36,6 +38,10 @@ class CaseMetrics:
     distance_mm: dict[int, float]
     predicted_labels: list[int]
     centroid_source: dict[str, str] = field(default_factory=dict)
+    hausdorff_mm: dict[int, float] = field(default_factory=dict)  # NaN: vertebra not predicted
+    hd95_mm: dict[int, float] = field(default_factory=dict)
+    prediction: str = ""  # the file scored for this case
+    failure: str = ""  # why the prediction was scored as empty (missing, unreadable, truncated)
 
     def row(self) -> dict[str, Any]:
         """One CSV row: the case's headline numbers."""
@@ -48,8 +54,12 @@ class CaseMetrics:
             "acc_id": _r(sum(self.id_correct.values()) / n if n else float("nan")),
             "id_rate": _r(sum(self.identified.values()) / len(self.identified) if self.identified else float("nan")),
             "mean_distance_mm": _r(mean_or_nan(self.distance_mm.values())),
+            "mean_hausdorff_mm": _r(mean_or_nan(self.hausdorff_mm.values())),
+            "mean_hd95_mm": _r(mean_or_nan(self.hd95_mm.values())),
             "gt_vertebrae": " ".join(VERSE_NAMES[lab] for lab in sorted(self.vertebra_dice)),
             "pred_vertebrae": " ".join(VERSE_NAMES.get(lab, str(lab)) for lab in self.predicted_labels),
+            "prediction": self.prediction,
+            "failure": self.failure,
         }
 
 
@@ -81,22 +91,26 @@ def mask_centroids(labelmap: np.ndarray, affine: np.ndarray) -> dict[int, np.nda
 
 def evaluate_arrays(case_id: str, gt: np.ndarray, pred: np.ndarray, affine: np.ndarray,
                     gt_centroids: dict[int, np.ndarray] | None = None, pred_centroids: dict[int, np.ndarray] | None = None,
-                    settings: EvalSettings = EvalSettings()) -> CaseMetrics:
+                    settings: EvalSettings = EvalSettings(), centroid_source: dict[str, str] | None = None
+                    ) -> CaseMetrics:
     """Evaluate a predicted VerSe labelmap against the ground truth on the same grid.
 
-    `affine` maps array indices to mm; centroids (label -> mm in the same frame) default to mask centres of mass.
+    `affine` maps array indices to mm; centroids (label -> mm in the same frame) default to mask centres of mass;
+    `centroid_source` says where given centroids came from (default: "json" for given ones).
     """
     matrix = confusion(gt, pred)
     spacing = spacing_of(affine)
     instance = identification_accuracy(gt, pred, spacing, settings.min_fragment_ml, settings.iou_threshold,
                                        settings.instance_mode)
-    source = {"gt": "json" if gt_centroids else "mask", "pred": "json" if pred_centroids else "mask"}
+    source = centroid_source or {"gt": "json" if gt_centroids else "mask", "pred": "json" if pred_centroids else "mask"}
     gt_centroids = gt_centroids or mask_centroids(gt, affine)
     pred_centroids = pred_centroids or mask_centroids(pred, affine)
     located = verse_identification(gt_centroids, pred_centroids, settings.max_distance_mm, settings.id_candidates)
     predicted = [int(lab) for lab in np.flatnonzero(matrix.sum(axis=0)) if lab]
+    hausdorff, hd95 = surface_distances(gt, pred, spacing) if settings.surface_distances else ({}, {})
     return CaseMetrics(case_id, binary_dice(matrix), multilabel_dice(matrix), per_label_dice(matrix),
-                       instance.correct, instance.iou, located.identified, located.distance_mm, predicted, source)
+                       instance.correct, instance.iou, located.identified, located.distance_mm, predicted, source,
+                       hausdorff, hd95)
 
 
 def _pooled(cases: list[CaseMetrics], labels: set[int] | None) -> dict[str, float | int]:
@@ -104,17 +118,24 @@ def _pooled(cases: list[CaseMetrics], labels: set[int] | None) -> dict[str, floa
         return [v for c in cases for lab, v in getattr(c, attr).items() if labels is None or lab in labels]
 
     dice, correct, identified, distance = take("vertebra_dice"), take("id_correct"), take("identified"), take("distance_mm")
+    hausdorff, hd95 = take("hausdorff_mm"), take("hd95_mm")
     return {
         "vertebrae": len(dice),
         "mean_vertebra_dice": _r(mean_or_nan(dice)),
         "acc_id": _r(float(np.mean(correct)) if correct else float("nan")),
         "id_rate": _r(float(np.mean(identified)) if identified else float("nan")),
         "mean_distance_mm": _r(mean_or_nan(distance)),
+        "mean_hausdorff_mm": _r(mean_or_nan(hausdorff)),
+        "mean_hd95_mm": _r(mean_or_nan(hd95)),
+        "hausdorff_undefined": sum(1 for v in hausdorff if v != v),  # vertebrae without a prediction to measure
     }
 
 
 def summarise(cases: list[CaseMetrics], by_region: bool = False) -> dict[str, Any]:
-    """Dataset summary: case means of the Dice scores, vertebra-pooled identification (as the paper and VerSe pool)."""
+    """Dataset summary: case means of the Dice scores, vertebra-pooled identification (as the paper and VerSe pool).
+
+    Surface distances are means over the vertebrae that were predicted; `hausdorff_undefined` counts the others.
+    """
     summary: dict[str, Any] = {
         "cases": len(cases),
         "binary_dice": _r(mean_or_nan(c.binary_dice for c in cases)),

@@ -188,3 +188,40 @@ def evaluate_checkpoint(checkpoint: Path, store: Path, split: str = "test", conf
         raise CheckpointError(f"checkpoint {checkpoint}: the given config's model section differs from the trained one")
     predictor = Predictor(model, config or trained, resolve_device(device or "auto"))
     return evaluate_predictor(predictor, store, split, out_dir, progress=progress)
+
+
+VOLUME_PREFIX = "val_volume"  # full-volume validation during training (checkpoint selection)
+
+
+def volume_validator(store: Path, config: "VertsegConfig", device: Any = "cpu", rank: int = 0, world_size: int = 1,
+                     split: str = "validation") -> "Callable[[Any], dict[str, float]] | None":
+    """What training calls every `train.validate_every` epochs to pick its best checkpoint by what users get:
+    `model` -> `val_volume_*` metrics (Dice, Acc_ID, id-rate) of whole validation scans predicted from their image
+    through the production inference path. Each rank predicts its share of the cases; under DDP the per-case
+    results are gathered so every rank returns the same numbers. None when the store has no labelled `split`."""
+    from vertseg.data.store import VertStore
+
+    vert = VertStore(Path(store))
+    case_ids = [c for c in vert.cases(split) if vert.is_labeled(c)]
+    if not case_ids:
+        return None
+    shard = case_ids[rank::world_size]
+    settings = EvalSettings(min_fragment_ml=config.inference.min_fragment_ml)
+
+    def validate(model: Any) -> dict[str, float]:
+        import torch.distributed as dist
+
+        from vertseg.inference.predictor import Predictor
+
+        predictor = Predictor(model, config, device)
+        cases = [evaluate_case(vert, case_id, predict_case(predictor, Path(store), case_id)[0], settings)
+                 for case_id in shard]
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[list[CaseMetrics]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(gathered, cases)
+            cases = [case for part in gathered for case in part]
+        metrics, _ = flat_metrics(cases, VOLUME_PREFIX)
+        keys = ("dice", "vertebra_dice", "id_acc", "id_rate", "distance_mm")
+        return {f"{VOLUME_PREFIX}_{k}": metrics[f"{VOLUME_PREFIX}_{k}"] for k in keys}
+
+    return validate

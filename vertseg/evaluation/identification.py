@@ -7,8 +7,8 @@ a ground-truth vertebra is correct when its matched component has its label. Acc
 
 VerSe (Sekuboyina et al. 2021): a ground-truth vertebra l is identified when the predicted centroid labelled l is
 within 20 mm of the ground-truth centroid of l and that ground-truth centroid is the nearest of ALL ground-truth
-centroids to it. (The official utility searches only labels present in both files; `candidates="intersection"`
-reproduces that.) The localisation distance is the mean predicted-to-true distance over labels present in both.
+centroids to it. The official utility (`get_hits`) searches only labels present in both files:
+`candidates="intersection"`, the default of `EvalSettings` and `vertseg evaluate`. The localisation distance is the mean predicted-to-true distance over labels present in both.
 """
 
 from __future__ import annotations

@@ -1,12 +1,18 @@
 """`vertseg evaluate`: pair predictions with ground truth, evaluate every case, write the per-case CSV and summary.
 
-Predictions: `<pred>/<case>/<case>_seg.nii.gz` (VerSe labelmap on the input grid) and optionally
-`<pred>/<case>/<case>_ctd.json` (VerSe centroids), as `vertseg predict` writes them; flat `<pred>/<case>_seg.nii.gz`
-works too. Ground truth: any dataset the readers understand (`vertseg.data.readers.discover_cases`).
+Predictions: `<case>_seg.nii.gz` (what `vertseg predict` writes, in `<pred>/<case>/` or flat in `<pred>`) or the VerSe
+name `<case>_seg-vert_msk.nii.gz` (the challenge's and other tools'), with optional centroids beside them
+(`<case>_ctd.json` or `<case>_seg-subreg_ctd.json`). Ground truth: any dataset the readers understand
+(`vertseg.data.readers.discover_cases`).
 
-Like the official VerSe evaluation, masks are compared at 1 mm isotropic by default (nearest neighbour, outside
-filled with 0: the official notebook pads masks with -1024, which turns the padding into foreground). Centroids are
-compared in physical millimetres, so no voxel reorientation (and no off-by-one) is involved.
+No case drops out of the averages silently: as in the VerSe challenge, a missing, unreadable or truncated
+prediction is scored as an empty prediction and listed with its reason. Every NIfTI read (prediction and ground
+truth) first passes the integrity check of `preprocess` (`vertseg.data.integrity`), since SimpleITK reads a
+truncated .nii.gz as zeros. A ground truth that cannot be read cannot be scored: it is listed as not scored.
+
+Like the official VerSe evaluation (`vertseg.evaluation.verse_grid`), both masks are resliced to 1 mm isotropic by
+default with nearest neighbour on the official grid, centroids are taken in voxel coordinates of that grid and
+rounded as the official utilities round them.
 """
 
 from __future__ import annotations
@@ -21,17 +27,19 @@ from typing import Any
 import numpy as np
 
 from vertseg.data.errors import CaseError
+from vertseg.data.integrity import nifti_problem
 from vertseg.data.readers import discover_cases, load_case
-from vertseg.data.readers.files import nifti_stem
-from vertseg.data.readers.geometry import affine_lps, same_grid
+from vertseg.data.readers.files import NIFTI_SUFFIXES, nifti_stem
+from vertseg.data.readers.geometry import affine_ras, lps_to_voxel, same_grid
 from vertseg.data.readers.load import read_centroids_lps
 from vertseg.data.types import CaseSource
 from vertseg.evaluation.case import CaseMetrics, EvalSettings, evaluate_arrays, summarise
+from vertseg.evaluation.verse_grid import centres_of_mass, rescale_points, reslice_nearest
 from vertseg.io import atomic_write_json, atomic_write_text
 from vertseg.labels import MAX_VERSE_LABEL, VERSE_NAMES
 
-SEG_SUFFIX = "_seg.nii.gz"
-CTD_SUFFIX = "_ctd.json"
+SEG_SUFFIXES = ("_seg.nii.gz", "_seg-vert_msk.nii.gz")  # vertseg's own name, the VerSe name
+CTD_SUFFIXES = ("_ctd.json", "_seg-subreg_ctd.json")
 
 
 @dataclass(frozen=True)
@@ -41,18 +49,27 @@ class Prediction:
     ctd: Path | None
 
 
+def _case_id(seg: Path) -> str | None:
+    return next((seg.name[: -len(s)] for s in SEG_SUFFIXES if seg.name.endswith(s)), None)
+
+
 def find_predictions(pred_dir: Path) -> dict[str, Prediction]:
-    """Case id -> prediction files under `pred_dir` (`<case>/<case>_seg.nii.gz` or flat `<case>_seg.nii.gz`)."""
+    """Case id -> prediction files under `pred_dir` (flat or one folder per case, either naming)."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise ValueError(f"{pred_dir}: prediction folder does not exist")
     found: dict[str, Prediction] = {}
-    for seg in sorted(pred_dir.glob(f"*{SEG_SUFFIX}")) + sorted(pred_dir.glob(f"*/*{SEG_SUFFIX}")):
-        case_id = seg.name[: -len(SEG_SUFFIX)]
-        ctd = seg.with_name(case_id + CTD_SUFFIX)
-        found.setdefault(case_id, Prediction(case_id, seg, ctd if ctd.is_file() else None))
+    for seg in sorted(pred_dir.glob("*.nii.gz")) + sorted(pred_dir.glob("*/*.nii.gz")):
+        case_id = _case_id(seg)
+        if case_id is None:
+            continue
+        if case_id in found:
+            raise ValueError(f"{pred_dir}: two predictions for case {case_id}: {found[case_id].seg} and {seg}")
+        ctd = next((c for c in (seg.with_name(case_id + s) for s in CTD_SUFFIXES) if c.is_file()), None)
+        found[case_id] = Prediction(case_id, seg, ctd)
     if not found:
-        raise ValueError(f"{pred_dir}: no `<case>{SEG_SUFFIX}` files found")
+        names = " or ".join(f"`<case>{s}`" for s in SEG_SUFFIXES)
+        raise ValueError(f"{pred_dir}: no {names} files found")
     return found
 
 
@@ -67,31 +84,39 @@ def _keys(source: CaseSource) -> list[str]:
 
 @dataclass
 class Pairing:
-    pairs: list[tuple[CaseSource, Prediction]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # labelled ground-truth cases without a prediction
+    pairs: list[tuple[CaseSource, Prediction | None]] = field(default_factory=list)  # None: no prediction found
     unmatched: list[str] = field(default_factory=list)  # predictions without ground truth
 
 
-def pair_cases(pred_dir: Path, gt: list[Path], dataset: str | None = None) -> Pairing:
+def pair_cases(pred_dir: Path, gt: list[Path], dataset: str | None = None, label_format: str | None = None) -> Pairing:
     predictions = find_predictions(pred_dir)
-    sources = [s for s in discover_cases(gt, dataset) if s.mask is not None]
+    sources = [s for s in discover_cases(gt, dataset, label_format) if s.mask is not None]
     if not sources:
         raise ValueError(f"{', '.join(map(str, gt))}: no labelled ground-truth cases found")
     pairing, used = Pairing(), set()
     for source in sources:
         match = next((predictions[k] for k in _keys(source) if k in predictions), None)
-        if match is None:
-            pairing.missing.append(source.case_id)
-        else:
-            pairing.pairs.append((source, match))
+        pairing.pairs.append((source, match))
+        if match is not None:
             used.add(match.case_id)
     pairing.unmatched = sorted(set(predictions) - used)
     return pairing
 
 
+def _check_file(path: Path) -> None:
+    """The integrity check of `preprocess`, for every NIfTI read here."""
+    if not Path(path).is_file():
+        raise CaseError(path, "file does not exist")
+    if Path(path).name.lower().endswith(NIFTI_SUFFIXES):
+        problem = nifti_problem(path)
+        if problem is not None:
+            raise CaseError(path, problem)
+
+
 def _read_prediction(path: Path):
     import SimpleITK as sitk
 
+    _check_file(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -104,88 +129,163 @@ def _read_prediction(path: Path):
     return sitk.Cast(image, sitk.sitkUInt8)
 
 
-def resample_nearest(image, reference=None, spacing_mm: float | None = None):
-    """Nearest-neighbour resampling onto `reference`'s grid, or onto an isotropic grid of the same box; outside = 0."""
+def resample_nearest(image, reference):
+    """Nearest-neighbour resampling onto `reference`'s grid; outside = 0."""
     import SimpleITK as sitk
 
-    if reference is not None:
-        return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    old_spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    size = [max(1, int(round(n * s / spacing_mm))) for n, s in zip(image.GetSize(), old_spacing)]
-    # Same box: the new first voxel centre sits half a new voxel inside the old image border.
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    corner = np.asarray(image.GetOrigin()) - direction @ (old_spacing / 2)
-    origin = corner + direction @ np.full(3, spacing_mm / 2)
-    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin.tolist(),
-                         [spacing_mm] * 3, image.GetDirection(), 0, sitk.sitkUInt8)
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def _array_affine(image) -> np.ndarray:
-    """Affine from numpy (k, j, i) indices of GetArrayFromImage to LPS mm."""
-    affine = affine_lps(image)
-    affine[:3, :3] = affine[:3, :3][:, ::-1]
-    return affine
+@dataclass(frozen=True)
+class LabelGrid:
+    """A labelmap in NIfTI array order with its file's geometry (the affine and zooms nibabel reads)."""
+
+    labels: np.ndarray
+    affine: np.ndarray  # RAS
+    zooms: np.ndarray
+
+    @classmethod
+    def of(cls, image, path: Path | None) -> "LabelGrid":
+        """Geometry from the NIfTI header when there is one (as the official code reads it), else from ITK."""
+        import nibabel as nib
+        import SimpleITK as sitk
+
+        labels = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+        if path is not None and path.name.lower().endswith(NIFTI_SUFFIXES):
+            header = nib.load(path)
+            if header.shape[:3] == labels.shape:
+                return cls(labels, header.affine, np.asarray(header.header.get_zooms()[:3], np.float64))
+        return cls(labels, affine_ras(image), np.asarray(image.GetSpacing(), np.float64))
 
 
-def evaluate_pair(source: CaseSource, prediction: Prediction, settings: EvalSettings, spacing_mm: float | None = 1.0
-                  ) -> tuple[CaseMetrics, list[str]]:
-    """Metrics of one case and notes (e.g. a prediction resampled onto the ground-truth grid)."""
-    import SimpleITK as sitk
+@dataclass(frozen=True)
+class GroundTruth:
+    image: Any  # SimpleITK labelmap (VerSe labels)
+    grid: LabelGrid
+    voxels: dict[int, np.ndarray]  # annotated centroids as continuous voxel indices of `grid`
 
-    notes: list[str] = []
+
+def load_ground_truth(source: CaseSource) -> GroundTruth:
+    """Mask and centroids of a labelled case, integrity-checked; CaseError names the file otherwise."""
+    _check_file(source.mask)
     case = load_case(replace(source, image=None))
-    gt = case.mask
-    pred = _read_prediction(prediction.seg)
-    pred_centroids = read_centroids_lps(prediction.ctd, pred) if prediction.ctd is not None else None
-    difference = same_grid(gt, pred)
-    if difference is not None:
-        notes.append(f"prediction grid differs from ground truth ({difference}); resampled nearest-neighbour")
-        pred = resample_nearest(pred, reference=gt)
+    voxels = {}
+    if case.centroids_lps:
+        labels = sorted(case.centroids_lps)
+        points = lps_to_voxel(np.stack([case.centroids_lps[k] for k in labels]), case.mask)
+        voxels = dict(zip(labels, points))
+    return GroundTruth(case.mask, LabelGrid.of(case.mask, source.mask), voxels)
+
+
+def load_prediction(prediction: Prediction, gt: GroundTruth) -> tuple[np.ndarray, dict[int, np.ndarray], list[str]]:
+    """Predicted labels on the ground-truth grid, its JSON centroids as ground-truth voxel indices, notes."""
+    image = _read_prediction(prediction.seg)
+    voxels = {}
+    if prediction.ctd is not None:
+        lps = read_centroids_lps(prediction.ctd, image)
+        voxels = {k: lps_to_voxel(np.asarray(v)[None], gt.image)[0] for k, v in lps.items()}
+    notes = []
+    difference = same_grid(gt.image, image)
+    if difference is None:
+        return LabelGrid.of(image, None).labels, voxels, notes
+    notes.append(f"prediction grid differs from ground truth ({difference}); resampled nearest-neighbour")
+    return LabelGrid.of(resample_nearest(image, gt.image), None).labels, voxels, notes
+
+
+def evaluate_pair(source: CaseSource, prediction: Prediction | None, settings: EvalSettings,
+                  spacing_mm: float | None = 1.0) -> tuple[CaseMetrics, list[str]]:
+    """Metrics of one case and notes; a missing or unreadable prediction is scored as empty (`failure` says why).
+
+    Ground-truth problems raise CaseError: such a case cannot be scored at all.
+    """
+    gt = load_ground_truth(source)
+    failure, notes, pred_voxels = "", [], {}
+    if prediction is None:
+        failure = "no prediction found (" + " or ".join(f"{source.case_id}{s}" for s in SEG_SUFFIXES) + ")"
+        pred = np.zeros_like(gt.grid.labels)
+    else:
+        try:
+            pred, pred_voxels, notes = load_prediction(prediction, gt)
+        except CaseError as error:
+            failure = str(error)
+            pred = np.zeros_like(gt.grid.labels)
+    gt_labels, zooms = gt.grid.labels, gt.grid.zooms
     if spacing_mm:
-        gt = resample_nearest(gt, spacing_mm=spacing_mm)
-        pred = resample_nearest(pred, reference=gt)
-    gt_array = sitk.GetArrayFromImage(gt)
-    pred_array = sitk.GetArrayFromImage(pred)
-    metrics = evaluate_arrays(source.case_id, gt_array, pred_array, _array_affine(gt), case.centroids_lps or None,
-                              pred_centroids or None, settings)
+        gt_labels, _ = reslice_nearest(gt_labels, gt.grid.affine, zooms, spacing_mm)
+        pred, _ = reslice_nearest(pred, gt.grid.affine, zooms, spacing_mm)
+        rescale, zooms = zooms, np.full(3, float(spacing_mm))
+    else:
+        rescale, spacing_mm = np.ones(3), 1.0
+
+    def frame(points: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        return {k: v * zooms for k, v in points.items()}  # grid voxel coordinates -> mm along the grid axes
+
+    gt_points = rescale_points(gt.voxels, rescale, spacing_mm) if gt.voxels else centres_of_mass(gt_labels)
+    pred_points = rescale_points(pred_voxels, rescale, spacing_mm) if pred_voxels else centres_of_mass(pred)
+    source_of = {"gt": "json" if gt.voxels else "mask", "pred": "json" if pred_voxels else "mask"}
+    metrics = evaluate_arrays(source.case_id, gt_labels, pred, np.diag([*zooms, 1.0]), frame(gt_points),
+                              frame(pred_points), settings, source_of)
+    metrics.prediction = str(prediction.seg) if prediction is not None else ""
+    metrics.failure = failure
     return metrics, notes
 
 
 @dataclass
 class EvaluationReport:
     summary: dict[str, Any]
-    cases: list[CaseMetrics]
-    failed: dict[str, str]
+    cases: list[CaseMetrics]  # every scored case, failed predictions (scored as empty) included
+    failed: dict[str, str]  # case -> reason: failed predictions and ground truths that could not be read
+    scored_as_empty: list[str] = field(default_factory=list)
+    not_scored: list[str] = field(default_factory=list)  # ground truth unreadable: in no average
+
+
+def headline(cases: int, scored_as_empty: int, not_scored: int) -> str:
+    """What the averages are over, in words."""
+    text = f"averages over {cases} cases"
+    if scored_as_empty:
+        text += f", {scored_as_empty} of them failed predictions scored as empty"
+    if not_scored:
+        text += f"; {not_scored} cases not scored (ground truth unreadable)"
+    return text
 
 
 def evaluate_folder(pred_dir: Path, gt: list[Path], settings: EvalSettings = EvalSettings(), by_region: bool = False,
                     spacing_mm: float | None = 1.0, dataset: str | None = None,
-                    progress: Callable[[str], None] | None = None) -> EvaluationReport:
-    """Evaluate every paired case; a failing case is recorded and the others go on."""
-    pairing = pair_cases(pred_dir, gt, dataset)
+                    progress: Callable[[str], None] | None = None, label_format: str | None = None) -> EvaluationReport:
+    """Evaluate every labelled case; a failing case is recorded and the others go on."""
+    pairing = pair_cases(pred_dir, gt, dataset, label_format)
     cases: list[CaseMetrics] = []
-    failed: dict[str, str] = {case_id: "no prediction found" for case_id in pairing.missing}
+    failed: dict[str, str] = {}
+    not_scored: list[str] = []
     notes: dict[str, list[str]] = {}
     for source, prediction in pairing.pairs:
         try:
             metrics, case_notes = evaluate_pair(source, prediction, settings, spacing_mm)
         except (CaseError, ValueError, RuntimeError, OSError) as error:
-            failed[source.case_id] = str(error)
+            failed[source.case_id] = f"ground truth not scored: {error}"
+            not_scored.append(source.case_id)
         else:
             cases.append(metrics)
+            if metrics.failure:
+                failed[source.case_id] = f"scored as empty prediction: {metrics.failure}"
             if case_notes:
                 notes[source.case_id] = case_notes
         if progress is not None:
             progress(source.case_id)
+    scored_as_empty = [c.case_id for c in cases if c.failure]
     summary = summarise(cases, by_region)
     summary.update({
+        "headline": headline(len(cases), len(scored_as_empty), len(not_scored)),
+        "scored_as_empty": scored_as_empty,
+        "not_scored": not_scored,
         "failed": failed,
+        "predictions": {c.case_id: c.prediction for c in cases if c.prediction},
         "unmatched_predictions": pairing.unmatched,
         "notes": notes,
         "settings": {**settings.__dict__, "spacing_mm": spacing_mm or "native"},
         "per_case": {c.case_id: _case_detail(c) for c in cases},
     })
-    return EvaluationReport(summary, cases, failed)
+    return EvaluationReport(summary, cases, failed, scored_as_empty, not_scored)
 
 
 def _case_detail(case: CaseMetrics) -> dict[str, Any]:
@@ -199,6 +299,8 @@ def _case_detail(case: CaseMetrics) -> dict[str, Any]:
                 "match_iou": round(case.match_iou.get(lab, 0.0), 6),
                 "identified": case.identified.get(lab),
                 "distance_mm": round(case.distance_mm.get(lab, float("nan")), 3),
+                "hausdorff_mm": round(case.hausdorff_mm.get(lab, float("nan")), 3),
+                "hd95_mm": round(case.hd95_mm.get(lab, float("nan")), 3),
             }
             for lab in sorted(case.vertebra_dice)
         },

@@ -1,4 +1,5 @@
-"""What `vertseg predict` runs on: NIfTI files, DICOM series folders, dataset folders, or the cases of a Zarr store.
+"""What `vertseg predict` runs on: NIfTI / NRRD / MetaImage files, DICOM series folders or `.zip` archives of them,
+dataset folders, or the cases of a Zarr store.
 
 A job is cheap to build and picklable (Ray ships it to workers); `load_job` reads the scan and puts it on the
 store frame, the same frame the network was trained on.
@@ -6,12 +7,14 @@ store frame, the same frame the network was trained on.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from vertseg.data.case_ids import check_case_id
 from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry, case_geometry, resample_to_grid
 from vertseg.data.readers import discover_cases
 from vertseg.data.readers.load import read_image
@@ -26,6 +29,9 @@ class PredictJob:
     case_id: str
     source: CaseSource | None = None
     store: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_case_id(self.case_id, self.origin)
 
     @property
     def origin(self) -> str:
@@ -48,16 +54,48 @@ def is_store(path: Path) -> bool:
     return path.is_dir() and (path / MANIFEST).is_file()
 
 
-def collect_jobs(inputs: list[Path], split: str | None = None) -> list[PredictJob]:
-    """Every case under `inputs` (a store contributes its cases, optionally one split). Case ids are made unique."""
+def is_zip(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".zip"
+
+
+def unpack_zip(archive: Path, unpack_dir: Path) -> Path:
+    """Extract a `.zip` (e.g. a DICOM series exported from a PACS) to `unpack_dir/<stem>`; refuses members that
+    would land outside it."""
+    target = Path(unpack_dir) / archive.stem
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            root = target.resolve()
+            for member in bundle.namelist():
+                if not (root / member).resolve().is_relative_to(root):
+                    raise ValueError(f"{archive}: member {member!r} would be written outside {target}")
+            bundle.extractall(target)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{archive}: not a readable zip archive ({error})") from None
+    return target
+
+
+def collect_jobs(inputs: list[Path], split: str | None = None, unpack_dir: Path | None = None,
+                 allow_irregular: bool = False) -> list[PredictJob]:
+    """Every case under `inputs` (a store contributes its cases, optionally one split). Case ids are made unique.
+
+    A `.zip` input is extracted to `unpack_dir/<zip stem>` first; its case is named after the zip (`<stem>_<case>`
+    when it holds several).
+    `allow_irregular`: DICOM series with uneven slice positions are resampled instead of refused."""
     jobs: list[PredictJob] = []
     for path in inputs:
         path = Path(path)
+        if is_zip(path):
+            if unpack_dir is None:
+                raise ValueError(f"{path}: a zip input needs a folder to unpack into")
+            found = [s for s in discover_cases([unpack_zip(path, unpack_dir)], allow_irregular=allow_irregular) if s.image]
+            jobs += [PredictJob(path.stem if len(found) == 1 else f"{path.stem}_{s.case_id}", source=s) for s in found]
+            continue
         if is_store(path):
             store = VertStore(path)
             jobs += [PredictJob(case_id, store=path) for case_id in store.cases(split)]
             continue
-        jobs += [PredictJob(s.case_id, source=s) for s in discover_cases([path]) if s.image is not None]
+        sources = discover_cases([path], allow_irregular=allow_irregular)
+        jobs += [PredictJob(s.case_id, source=s) for s in sources if s.image is not None]
     seen: dict[str, int] = {}
     unique = []
     for job in jobs:
@@ -65,6 +103,14 @@ def collect_jobs(inputs: list[Path], split: str | None = None) -> list[PredictJo
         seen[job.case_id] = count + 1
         unique.append(job if count == 0 else PredictJob(f"{job.case_id}_{count + 1}", job.source, job.store))
     return unique
+
+
+def scan_from_image(job: PredictJob, image: sitk.Image, spacing_mm: float, hu_window: tuple[float, float],
+                    nifti: Path | None = None) -> LoadedScan:
+    """A SimpleITK CT image (HU) resampled (trilinear, section 2.2) onto the store frame at `spacing_mm`."""
+    geometry = case_geometry(image, spacing_mm)
+    hu = resample_to_grid(sitk.Cast(image, sitk.sitkFloat32), geometry.canonical, "linear", HU_BACKGROUND)
+    return LoadedScan(job, hu, normalize_hu(hu, hu_window), geometry, image, nifti)
 
 
 def load_job(job: PredictJob, spacing_mm: float, hu_window: tuple[float, float]) -> LoadedScan:
@@ -77,9 +123,7 @@ def load_job(job: PredictJob, spacing_mm: float, hu_window: tuple[float, float])
         geometry = store.geometry(job.case_id)
         hu = store.read_hu(job.case_id).astype(np.float32)
         return LoadedScan(job, hu, normalize_hu(hu, hu_window), geometry, geometry.original.reference_image(), None)
-    image = read_image(job.source.image, job.source.series_uid)
-    geometry = case_geometry(image, spacing_mm)
-    hu = resample_to_grid(sitk.Cast(image, sitk.sitkFloat32), geometry.canonical, "linear", HU_BACKGROUND)
+    image = read_image(job.source.image, job.source.series_uid, job.source.allow_irregular)
     path = Path(job.source.image)
     nifti = path if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")) else None
-    return LoadedScan(job, hu, normalize_hu(hu, hu_window), geometry, image, nifti)
+    return scan_from_image(job, image, spacing_mm, hu_window, nifti)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
+
+from vertseg.config_base import ConfigModel
 
 
-class InferenceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class InferenceConfig(ConfigModel):
     seg_threshold: float = Field(0.5, gt=0, lt=1)  # section 2.6: foreground at probability 0.5
     overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap between neighbouring windows (nnU-Net's 0.5)
     window_batch_size: int = Field(2, ge=1)  # windows per forward pass
+    window_downsample: int = Field(1, ge=1)  # sliding window on the box block-averaged by this; `--fast`: 2 (8x fewer voxels)
     mirror_tta: bool = False  # average the mirrored views (`vertseg predict --tta`)
     mirror_axes: tuple[int, ...] = (2,)  # store axes (z, y, x) flipped by TTA; x = left-right, the anatomical mirror
     gaussian_sigma_scale: float = Field(0.125, gt=0)  # importance sigma = scale * patch size (nnU-Net's 1/8)
@@ -22,11 +23,27 @@ class InferenceConfig(BaseModel):
     allow_l6: bool = False
     allow_t13: bool = False
     min_vertebra_ml: float = Field(2.0, ge=0)  # a touching-vertebrae component is split only into pieces this big
-    peak_threshold: float = Field(0.1, ge=0)  # a class whose map never reaches this has no predicted centroid
+    peak_threshold: float = Field(0.1, ge=0, le=1)  # seeds=peaks: a class whose map never reaches this gives no seed
+    seeds: Literal["sequence", "peaks"] = "sequence"  # split seeds: per-slice level sequence model, or class peaks (section 2.6)
+    seed_regions: bool = True  # seeds=sequence: seed each level's inner slices where it wins the class map, not one point
+    none_state: bool = True  # decoder may call the sequence's ends "not a vertebra" (sacrum, skull base, fragments)
     split_merged: bool = True  # split components holding several centroids along nearest-centroid regions
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"  # nearest centroid through the mask, or straight line
     gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)
-    localisation: Literal["network", "bone", "none"] = "network"  # label-free spine box for the fine pass
+    # bone: ~1 s, where the network's coarse pass costs ~40 s on 2 cores (docs/inference.md)
+    localisation: Literal["network", "bone", "none"] = "bone"  # label-free spine box for the fine pass
     localisation_spacing_mm: float = Field(2.0, gt=0)  # coarse network pass; vertebrae stay >= ~20 voxels tall
     localisation_margin_mm: float = Field(25.0, ge=0)  # added on every side of the spine box
     bone_threshold_hu: float = 200.0  # bone heuristic (fallback): cortical/cancellous bone is above ~200 HU
+
+    @model_validator(mode="after")
+    def _mirror_axes_exist(self) -> "InferenceConfig":
+        if any(axis not in (0, 1, 2) for axis in self.mirror_axes) or len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ValueError(f"inference.mirror_axes {list(self.mirror_axes)} must be distinct store axes among 0, 1, 2")
+        return self
+
+
+# `vertseg predict --fast`: the sliding window on a grid 2x coarser than the training spacing (8x fewer voxels; the
+# idea of TotalSegmentator's 3 mm --fast), probabilities interpolated back, and the seconds-cheap bone localisation
+# (named, so --fast stays fast whatever the default). docs/inference.md has its measured time and quality cost.
+FAST_OVERRIDES = ("inference.window_downsample=2", "inference.localisation=bone")

@@ -1,12 +1,16 @@
 """One loaded network applied to whole store-frame volumes: localise the spine, then sliding-window inference.
 
-Built once and reused for every case of a batch (or once per Ray actor).
+Built once and reused for every case of a batch (or once per Ray actor). With `inference.window_downsample` > 1
+(`--fast`) the network sees the box block-averaged onto a coarser grid and its probabilities are interpolated back
+(trilinear), so post-processing and every output keep the store grid: thresholding a smooth probability keeps
+boundaries finer than upsampling coarse labels would.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vertseg.config import VertsegConfig
@@ -21,18 +25,20 @@ from vertseg.inference.localisation import (
     full_box,
     scale_box,
 )
-from vertseg.inference.sliding_window import WindowPrediction, sliding_window_predict
+from vertseg.inference.sliding_window import ID_STRIDE, WindowPrediction, WindowProgress, sliding_window_predict
 from vertseg.postprocess.components import min_voxels
 
 
 class Predictor:
     """A network in eval mode plus the inference settings: `localise` then `predict_box` for each volume."""
 
-    def __init__(self, model: nn.Module, config: VertsegConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: nn.Module, config: VertsegConfig, device: torch.device | str = "cpu",
+                 on_progress: WindowProgress | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.spacing = float(config.data.spacing_mm)
+        self.on_progress = on_progress  # called after each forward pass of the fine sliding window
         self.patch_size = tuple(config.data.patch_size)
         self.with_id = bool(config.model.identification_branch)
 
@@ -69,13 +75,40 @@ class Predictor:
         return align_box(expand_box(start, stop, margin, image.shape, "bone"), image.shape)
 
     def predict_box(self, image: np.ndarray, box: SpineBox) -> WindowPrediction:
-        """Sliding-window outputs on `box` of a store-frame volume normalised to [0, 1]."""
+        """Sliding-window outputs on `box` of a store-frame volume normalised to [0, 1], on the store grid."""
         cfg = self.config.inference
         net = self.net if self.with_id else self._foreground_only
-        return sliding_window_predict(
-            np.ascontiguousarray(image[box.slices]), net, self.patch_size,
+        roi = np.ascontiguousarray(image[box.slices])
+        factor = cfg.window_downsample
+        window = sliding_window_predict(
+            block_mean(roi, factor) if factor > 1 else roi, net, self.patch_size,
             overlap=cfg.overlap, batch_size=cfg.window_batch_size, sigma_scale=cfg.gaussian_sigma_scale,
             mirror_axes=tuple(cfg.mirror_axes) if cfg.mirror_tta else (),
             id_dtype=torch.float16 if cfg.id_accumulator_dtype == "float16" else torch.float32,
-            device=self.device,
+            device=self.device, on_progress=self.on_progress,
         )
+        return upsample_prediction(window, roi.shape, factor) if factor > 1 else window
+
+
+def upsample_prediction(coarse: WindowPrediction, shape: tuple[int, ...], factor: int) -> WindowPrediction:
+    """Trilinear interpolation of a prediction made on `block_mean(volume, factor)` back onto the volume's grid.
+
+    A coarse voxel's centre lies at fine index factor * i + (factor - 1) / 2, which is what `align_corners=False`
+    assumes; the same holds on the 1/4 identification grid, whose voxels span 4 * factor fine voxels.
+    """
+    fg = _interpolate(coarse.fg_prob, factor)[tuple(slice(0, s) for s in shape)]
+    id_prob = None
+    if coarse.id_prob is not None:
+        low = tuple(-(-s // ID_STRIDE) for s in shape)
+        id_prob = _interpolate(coarse.id_prob, factor)[(slice(None), *(slice(0, s) for s in low))]
+        id_prob = id_prob.astype(coarse.id_prob.dtype)
+    return WindowPrediction(np.ascontiguousarray(fg), None if id_prob is None else np.ascontiguousarray(id_prob),
+                            coarse.windows)
+
+
+def _interpolate(volume: np.ndarray, factor: int) -> np.ndarray:
+    """(Z, Y, X) or (C, Z, Y, X) float array, every spatial axis `factor` times longer (float32 arithmetic)."""
+    tensor = torch.from_numpy(np.asarray(volume, dtype=np.float32))
+    batch = tensor[None, None] if tensor.dim() == 3 else tensor[None]
+    out = F.interpolate(batch, scale_factor=factor, mode="trilinear", align_corners=False)
+    return (out[0, 0] if tensor.dim() == 3 else out[0]).numpy()

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from vertseg.data.case_ids import check_case_id
 from vertseg.data.geometry import apply_affine, to_original_grid
 from vertseg.inference.cases import LoadedScan, PredictJob, load_job
 from vertseg.inference.centroids import body_centroids
 from vertseg.inference.localisation import SpineBox
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.qc import write_qc
-from vertseg.inference.writers import vertebrae_on_grid, write_centroids, write_labelmap, write_vertebra_tables
-from vertseg.io import atomic_write_json
+from vertseg.inference.writers import OutputOptions, Vertebra, vertebrae_on_grid, write_case_outputs
+from vertseg.io import atomic_write_json, path_under
 from vertseg.labels import PROTOCOLS
 from vertseg.postprocess.assign import labelmap_from_predictions
 
@@ -45,15 +46,12 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def case_outputs(out_dir: Path, case_id: str) -> dict[str, Path]:
-    folder = Path(out_dir) / case_id
-    return {
-        "seg": folder / f"{case_id}_seg.nii.gz",
-        "ctd": folder / f"{case_id}_ctd.json",
-        "vertebrae_json": folder / f"{case_id}_vertebrae.json",
-        "vertebrae_csv": folder / f"{case_id}_vertebrae.csv",
-        "qc": folder / f"{case_id}_qc.png",
-    }
+def case_outputs(out_dir: Path, case_id: str, options: OutputOptions = OutputOptions()) -> dict[str, Path]:
+    """The files of one case under `out_dir/<case_id>/`; an id that would lead out of `out_dir` is refused."""
+    check_case_id(case_id, out_dir)
+    names = {"seg": "seg.nii.gz", "ctd": "ctd.json", "vertebrae_json": "vertebrae.json", "vertebrae_csv": "vertebrae.csv",
+             "qc": "qc.png", **options.extra_outputs()}
+    return {key: path_under(out_dir, case_id, f"{case_id}_{name}") for key, name in names.items()}
 
 
 @dataclass
@@ -84,21 +82,39 @@ def predict_store_frame(predictor: Predictor, scan: LoadedScan, timer: Timer) ->
     return StorePrediction(box, canonical, records, centroids, window.windows)
 
 
+@dataclass
+class OriginalPrediction:
+    """A prediction on the ORIGINAL image grid: (k, j, i) uint8 VerSe labelmap and its vertebrae."""
+
+    labels: np.ndarray
+    vertebrae: list[Vertebra]
+
+
+def to_original(scan: LoadedScan, prediction: StorePrediction) -> OriginalPrediction:
+    """Map a store-frame prediction back onto the input's own grid (labels nearest, centroids through LPS mm)."""
+    original = to_original_grid(prediction.labels, scan.geometry, "nearest", 0.0).astype(np.uint8)
+    confidence = {r.label: r.confidence for r in prediction.records if r.label}
+    to_lps = scan.geometry.canonical.affine_lps()
+    centroids_lps = {label: apply_affine(to_lps, zyx[None])[0] for label, zyx in prediction.centroids_zyx.items()}
+    return OriginalPrediction(original, vertebrae_on_grid(original, scan.reference, confidence, centroids_lps))
+
+
 def write_prediction(predictor: Predictor, scan: LoadedScan, prediction: StorePrediction, out_dir: Path,
-                     timer: Timer) -> dict[str, Any]:
+                     timer: Timer, options: OutputOptions = OutputOptions()) -> dict[str, Any]:
     """Map a store-frame prediction back to the original grid, write its files; returns the case record."""
+    from vertseg.inference.statistics import vertebra_statistics
+
     config = predictor.config
     case_id, box = scan.job.case_id, prediction.box
     with timer.step("postprocess"):
-        original = to_original_grid(prediction.labels, scan.geometry, "nearest", 0.0).astype(np.uint8)
-        confidence = {r.label: r.confidence for r in prediction.records if r.label}
-        to_lps = scan.geometry.canonical.affine_lps()
-        centroids_lps = {label: apply_affine(to_lps, zyx[None])[0] for label, zyx in prediction.centroids_zyx.items()}
-        vertebrae = vertebrae_on_grid(original, scan.reference, confidence, centroids_lps)
+        original = to_original(scan, prediction)
+        vertebrae = original.vertebrae
+        statistics = None
+        if options.statistics:
+            statistics = vertebra_statistics(vertebrae, original.labels, prediction.labels, scan.hu,
+                                             prediction.centroids_zyx, predictor.spacing)
     with timer.step("write"):
-        paths = case_outputs(out_dir, case_id)
-        write_labelmap(paths["seg"], original, scan.reference, scan.nifti_source)
-        write_centroids(paths["ctd"], vertebrae, scan.reference)
+        paths = case_outputs(out_dir, case_id, options)
         extra = {
             "case_id": case_id,
             "input": scan.job.origin,
@@ -106,7 +122,7 @@ def write_prediction(predictor: Predictor, scan: LoadedScan, prediction: StorePr
             "spine_box": box.to_dict(),
             "instances": [r.as_dict() for r in prediction.records],
         }
-        write_vertebra_tables(paths["vertebrae_json"], paths["vertebrae_csv"], vertebrae, extra)
+        notes = write_case_outputs(paths, scan, original.labels, vertebrae, extra, options, statistics)
         write_qc(paths["qc"], scan.image, prediction.labels, predictor.spacing,
                  f"{case_id}: {len(vertebrae)} vertebrae ({box.method} localisation)")
     return {
@@ -117,21 +133,24 @@ def write_prediction(predictor: Predictor, scan: LoadedScan, prediction: StorePr
         "spine_box": box.to_dict(),
         "windows": prediction.windows,
         "outputs": {name: str(path) for name, path in paths.items()},
+        **({"notes": notes} if notes else {}),
     }
 
 
-def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer: Timer) -> dict[str, Any]:
+def predict_loaded(predictor: Predictor, scan: LoadedScan, out_dir: Path, timer: Timer,
+                   options: OutputOptions = OutputOptions()) -> dict[str, Any]:
     """Everything after loading for one scan; returns the case record."""
-    return write_prediction(predictor, scan, predict_store_frame(predictor, scan, timer), out_dir, timer)
+    return write_prediction(predictor, scan, predict_store_frame(predictor, scan, timer), out_dir, timer, options)
 
 
-def predict_job(predictor: Predictor, job: PredictJob, out_dir: Path) -> dict[str, Any]:
+def predict_job(predictor: Predictor, job: PredictJob, out_dir: Path,
+                options: OutputOptions = OutputOptions()) -> dict[str, Any]:
     """Predict one job; an exception becomes a `failed` record naming the input and the error."""
     timer = Timer()
     try:
         with timer.step("load"):
             scan = load_job(job, predictor.spacing, tuple(predictor.config.data.hu_window))
-        record = predict_loaded(predictor, scan, Path(out_dir), timer)
+        record = predict_loaded(predictor, scan, Path(out_dir), timer, options)
     except Exception as error:  # a bad case must not stop the batch
         record = {
             "case_id": job.case_id,
@@ -143,6 +162,14 @@ def predict_job(predictor: Predictor, job: PredictJob, out_dir: Path) -> dict[st
     record["seconds"] = {step: round(timer.seconds.get(step, 0.0), 4) for step in STEPS}
     record["seconds"]["total"] = round(sum(timer.seconds.values()), 4)
     return record
+
+
+def stage_line(record: dict[str, Any]) -> str:
+    """The one line `vertseg predict` prints per case: seconds per step, so the slow stage shows at a glance."""
+    seconds = record["seconds"]
+    steps = ", ".join(f"{step} {seconds[step]:.1f}" for step in STEPS)
+    windows = f" ({record['windows']} windows)" if "windows" in record else ""
+    return f"{record['case_id']}: {steps}, total {seconds['total']:.1f} s{windows}"
 
 
 def write_summary(out_dir: Path, records: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
@@ -163,11 +190,12 @@ def predict_all(
     jobs: Iterable[PredictJob],
     out_dir: Path,
     on_done: Callable[[dict[str, Any]], None] | None = None,
+    options: OutputOptions = OutputOptions(),
 ) -> list[dict[str, Any]]:
     """Run every job with one loaded network, in order."""
     records = []
     for job in jobs:
-        record = predict_job(predictor, job, out_dir)
+        record = predict_job(predictor, job, out_dir, options)
         records.append(record)
         if on_done is not None:
             on_done(record)

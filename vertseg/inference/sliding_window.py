@@ -20,6 +20,8 @@ ID_STRIDE = 4  # the identification head predicts at 1/4 resolution (section 2.3
 
 # (B, 1, Z, Y, X) image batch -> (foreground logits (B, 1, Z, Y, X), identification logits (B, K+1, Z/4, Y/4, X/4) or None)
 NetFn = Callable[[torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
+# (windows done, windows in all) after each forward pass: drives the per-case progress bar
+WindowProgress = Callable[[int, int], None]
 
 
 def gaussian_importance(patch_size: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
@@ -86,6 +88,7 @@ def sliding_window_predict(
     mirror_axes: tuple[int, ...] = (),
     id_dtype: torch.dtype = torch.float16,
     device: torch.device | str = "cpu",
+    on_progress: WindowProgress | None = None,
 ) -> WindowPrediction:
     """Predict a (Z, Y, X) float32 volume window by window; the input is padded with 0 (normalised air) as needed.
 
@@ -111,6 +114,8 @@ def sliding_window_predict(
 
     starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(padded, patch_size))))
     views = mirror_sets(tuple(mirror_axes))
+    if on_progress is not None:
+        on_progress(0, len(starts))
     for first in range(0, len(starts), batch_size):
         chunk = starts[first : first + batch_size]
         batch = torch.cat([volume[(..., *_window(start, patch_size))] for start in chunk])
@@ -126,6 +131,8 @@ def sliding_window_predict(
             low_region = _window(tuple(s // ID_STRIDE for s in start), low_patch)
             id_sum[(slice(None), *low_region)] += (ident[n] * importance_low).to(id_dtype)
             id_weight[low_region] += importance_low
+        if on_progress is not None:
+            on_progress(first + len(chunk), len(starts))
 
     fg_prob = (fg_sum / weight_sum)[tuple(slice(0, s) for s in shape)]
     id_prob = None

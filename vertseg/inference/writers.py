@@ -1,7 +1,8 @@
-"""Prediction files on the ORIGINAL image grid: labelmap NIfTI, VerSe centroid JSON, per-vertebra JSON/CSV.
+"""Prediction files on the ORIGINAL image grid: labelmap (NIfTI + Slicer/ITK-SNAP label tables, or DICOM-SEG),
+VerSe centroid JSON, per-vertebra JSON/CSV, and with `--statistics` the statistics JSON/CSV.
 
-A NIfTI input keeps its own header and affine byte for byte (nibabel); any other input (DICOM) gets a NIfTI
-with the SimpleITK geometry of the series. Every file is written atomically.
+A NIfTI input keeps its own header and affine byte for byte (nibabel); any other input (DICOM, NRRD, MetaImage)
+gets a NIfTI with the SimpleITK geometry of the image. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import nibabel as nib
 import numpy as np
@@ -19,12 +21,36 @@ from vertseg.data.readers.centroids import write_centroids_json
 from vertseg.data.readers.files import is_nifti
 from vertseg.data.readers.geometry import affine_lps, axcodes
 from vertseg.io import atomic_path, atomic_write_json, atomic_write_text
-from vertseg.labels import VERSE_NAMES, region_of
+from vertseg.labels import LABEL_FORMATS, VERSE_NAMES, region_of
+
+if TYPE_CHECKING:
+    from vertseg.inference.cases import LoadedScan
 
 VERTEBRA_FIELDS = (
     "label", "name", "region", "voxels", "volume_ml", "confidence",
     "centroid_x", "centroid_y", "centroid_z", "centroid_lps_x", "centroid_lps_y", "centroid_lps_z",
 )
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What `vertseg predict` writes per case besides the always-written centroid, table and QC files.
+
+    `labels`: numbering of the written labelmap, VerSe (1-28) or TotalSegmentator v2 (`totalseg`, mapped by name;
+    L6, T13 and coccyx have no TotalSegmentator id and are left out, noted in the case record).
+    """
+
+    output_type: Literal["nifti", "dicom-seg"] = "nifti"
+    labels: Literal["verse", "totalseg"] = "verse"
+    statistics: bool = False
+
+    def extra_outputs(self) -> dict[str, str]:
+        """Output key -> file name suffix (after `<case>_`); `seg` replaces the NIfTI for DICOM-SEG."""
+        names = {"seg": "seg.dcm"} if self.output_type == "dicom-seg" else {
+            "slicer_colour_table": "seg.ctbl", "itksnap_labels": "seg_itksnap.txt"}
+        if self.statistics:
+            names |= {"statistics_json": "statistics.json", "statistics_csv": "statistics.csv"}
+        return names
 
 
 @dataclass(frozen=True)
@@ -107,10 +133,53 @@ def write_centroids(path: Path, vertebrae: list[Vertebra], image: sitk.Image) ->
 
 
 def write_vertebra_tables(json_path: Path, csv_path: Path, vertebrae: list[Vertebra], extra: dict) -> None:
-    rows = [v.row() for v in vertebrae]
+    write_rows(json_path, csv_path, [v.row() for v in vertebrae], VERTEBRA_FIELDS, extra)
+
+
+def write_rows(json_path: Path, csv_path: Path, rows: list[dict], fields: tuple[str, ...], extra: dict) -> None:
+    """The same rows as JSON (`{**extra, "vertebrae": rows}`) and as CSV with the columns `fields`."""
     atomic_write_json(json_path, {**extra, "vertebrae": rows})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=VERTEBRA_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(csv_path, buffer.getvalue())
+
+
+def export_labels(labelmap_zyx: np.ndarray, labels: str) -> tuple[np.ndarray, list[str]]:
+    """A VerSe labelmap in the requested output numbering, and notes naming what it could not carry."""
+    if labels == "verse":
+        return labelmap_zyx, []
+    exported, dropped = LABEL_FORMATS["totalseg_v2"].from_verse(labelmap_zyx)
+    notes = [f"{', '.join(VERSE_NAMES[v] for v in dropped)} written as 0: no TotalSegmentator v2 id"] if dropped else []
+    return exported, notes
+
+
+def write_case_outputs(paths: dict[str, Path], scan: LoadedScan, labelmap_zyx: np.ndarray, vertebrae: list[Vertebra],
+                       extra: dict, options: OutputOptions, statistics: list[dict] | None) -> list[str]:
+    """Every file of one case except the QC image; returns notes for the case record."""
+    notes: list[str] = []
+    if options.output_type == "dicom-seg":
+        from vertseg.inference.dicom_seg import series_files, write_dicom_seg
+
+        source = scan.job.source
+        if source is None or not Path(source.image).is_dir():
+            raise ValueError(f"{scan.job.origin}: DICOM-SEG output needs a DICOM series input to reference")
+        notes += write_dicom_seg(paths["seg"], labelmap_zyx, series_files(Path(source.image), source.series_uid))
+    else:
+        from vertseg.inference.colour_tables import write_colour_tables
+
+        exported, notes = export_labels(labelmap_zyx, options.labels)
+        write_labelmap(paths["seg"], exported, scan.reference, scan.nifti_source)
+        write_colour_tables(paths["slicer_colour_table"], paths["itksnap_labels"], options.labels)
+    write_centroids(paths["ctd"], vertebrae, scan.reference)
+    write_vertebra_tables(paths["vertebrae_json"], paths["vertebrae_csv"], vertebrae, extra)
+    if statistics is not None:
+        from vertseg.inference.statistics import STATISTICS_FIELDS, BODY_RADIUS_FRACTION
+
+        about = {"case_id": extra["case_id"], "input": extra["input"],
+                 "body_region": f"label voxels within {BODY_RADIUS_FRACTION} x the equivalent-sphere radius of the "
+                                "vertebra around its body centroid, HU on the 1 mm store frame",
+                 "centroid_frame": "RAS mm"}
+        write_rows(paths["statistics_json"], paths["statistics_csv"], statistics, STATISTICS_FIELDS, about)
+    return notes

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from vertseg.config_base import ConfigModel
 
 
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ModelConfig(ConfigModel):
     in_channels: int = 1
     base_width: int = Field(16, ge=1)
     num_stages: int = Field(4, ge=3)  # section 2.3: four encoder stages, x2 downsampling

@@ -70,7 +70,9 @@ def linear_recurrence(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, ch
     """
     limit = _DIRECT_LIMIT[b.dtype]
     step = 0.0
-    if log_a.numel() and not log_a.is_meta:  # meta tensors (FLOP counting) carry no values
+    if torch.jit.is_tracing():  # export (ONNX/TorchScript): a graph cannot branch on values; assume the steepest decay
+        log_a, step = log_a.clamp_min(-limit / 2), limit / 2
+    elif log_a.numel() and not log_a.is_meta:  # meta tensors (FLOP counting) carry no values
         low, high = torch.aminmax(log_a.detach())
         if low < -limit / 2:
             log_a = log_a.clamp_min(-limit / 2)
@@ -114,7 +116,10 @@ def compiled_cpu_scan():
 
 
 def scan_backend(u: torch.Tensor) -> str:
-    """'compiled' for CPU tensors when numba imports, else 'chunked' (meta tensors, GPUs without mamba_ssm)."""
+    """'compiled' for CPU tensors when numba imports, else 'chunked' (meta tensors, GPUs without mamba_ssm, and
+    while tracing for export: the numba kernel is opaque to the tracer)."""
+    if torch.jit.is_tracing():
+        return "chunked"
     return "compiled" if u.device.type == "cpu" and compiled_cpu_scan() is not None else "chunked"
 
 

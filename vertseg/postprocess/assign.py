@@ -1,10 +1,12 @@
 """Section 2.6 post-processing: network outputs -> VerSe labelmap + per-vertebra table.
 
-Steps: threshold the foreground (0.5); per-class heatmap peaks are the predicted centroids; 3D connected
-components without small fragments are the vertebra candidates, and a component holding several centroids
-(touching vertebrae) is split by nearest centroid - through the mask (geodesic, default) or in a straight line
-(Euclidean, the paper's wording); each candidate's class probabilities are the mean of the class maps over its
-voxels; candidates sorted cranio-caudally are labelled by a sequence decoder (`sequence.py`).
+Steps: threshold the foreground (0.5); 3D connected components without small fragments are the vertebra
+candidates; one seed per vertebra level, always inside the mask (`seeds`: from a cranio-caudal sequence model over
+per-slice class evidence, `levels.py`, default; or per-class peaks snapped into the mask, the paper's "per-class
+peak locations"); a component holding several seeds (touching vertebrae) is split by nearest seed - through the
+mask (geodesic, default) or in a straight line (Euclidean, the paper's wording); each candidate's class
+probabilities are the mean of the class maps over its voxels; candidates sorted cranio-caudally are labelled by a
+sequence decoder (`sequence.py`) that may call the ends of the sequence "not a vertebra".
 
 Arrays are in the canonical store frame (axis 0 = z, index 0 most superior). Class maps may be at a coarser
 grid than the foreground (the identification branch runs at 1/4 resolution); they are sampled, never upsampled
@@ -20,6 +22,7 @@ import numpy as np
 
 from vertseg.labels import C1_L5, PROTOCOLS, VERSE_NAMES, Protocol
 from vertseg.postprocess.components import connected_components, min_voxels, sort_cranio_caudal, voxel_volume_ml
+from vertseg.postprocess.levels import level_seeds
 from vertseg.postprocess.sequence import Decoded, DecoderName, decode
 
 
@@ -34,6 +37,9 @@ class PostprocessSettings:
     allow_t13: bool = False
     min_vertebra_ml: float = 2.0
     peak_threshold: float = 0.1
+    seeds: Literal["sequence", "peaks"] = "sequence"
+    seed_regions: bool = True
+    none_state: bool = True
     split_merged: bool = True
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"
     gap_aware: bool = False
@@ -68,14 +74,16 @@ class VertebraRecord:
         return asdict(self)
 
 
-def _vertebra_maps(class_maps: np.ndarray, protocol: Protocol) -> np.ndarray:
-    """Drop the background channel when present: (K+1, ...) or (K, ...) -> (K, ...)."""
+def _with_background(class_maps: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """(K+1, ...) or (K, ...) maps -> (K+1, ...) with the background first (zeros when the network has none)."""
     k = protocol.num_classes
     if class_maps.ndim != 4 or class_maps.shape[0] not in (k, k + 1):
         raise ValueError(
             f"class maps must be (K+1 or K, Z, Y, X) with K = {k} for protocol {protocol.name}, got {class_maps.shape}"
         )
-    return class_maps[1:] if class_maps.shape[0] == k + 1 else class_maps
+    if class_maps.shape[0] == k + 1:
+        return class_maps
+    return np.concatenate([np.zeros((1,) + class_maps.shape[1:], class_maps.dtype), class_maps])
 
 
 def _scale(map_shape: tuple[int, ...], fg_shape: tuple[int, ...]) -> np.ndarray:
@@ -86,16 +94,18 @@ def _scale(map_shape: tuple[int, ...], fg_shape: tuple[int, ...]) -> np.ndarray:
     return np.where(np.ceil(fine / stride) == coarse, stride, fine / coarse)
 
 
-def class_peaks(class_maps: np.ndarray, fg_shape: tuple[int, int, int], threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class maximum of (K, z, y, x) maps -> (class indices 1..K whose peak >= threshold, peak voxel coords (M, 3)
-    in the foreground grid)."""
-    flat = class_maps.reshape(class_maps.shape[0], -1)
-    arg = np.argmax(flat, axis=1)
-    value = flat[np.arange(flat.shape[0]), arg]
-    keep = np.flatnonzero(value >= threshold)
-    coords = np.stack(np.unravel_index(arg[keep], class_maps.shape[1:]), axis=1).astype(np.float64)
-    coords = (coords + 0.5) * _scale(class_maps.shape[1:], fg_shape) - 0.5
-    return keep + 1, coords
+def peak_seeds(coords: np.ndarray, map_index: np.ndarray, vert_flat: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-class peak locations as seeds (M, 3), each snapped into the mask: the mask voxel where the class map is
+    highest (ties: the one nearest to the centre of those voxels). Classes whose map stays below `threshold`
+    inside the mask give no seed."""
+    values = vert_flat[:, map_index]
+    best = values.max(axis=1)
+    seeds = []
+    for k in np.flatnonzero(best >= threshold):
+        top = np.flatnonzero(values[k] >= best[k] - 1e-6)
+        centre = coords[top].mean(axis=0)
+        seeds.append(coords[top[np.argmin(((coords[top] - centre) ** 2).sum(axis=1))]])
+    return np.asarray(seeds, dtype=np.float64).reshape(-1, 3)
 
 
 def nearest_centroid(points: np.ndarray, centroids: np.ndarray, spacing) -> np.ndarray:
@@ -151,32 +161,33 @@ def geodesic_owner(flat_fg: np.ndarray, shape: tuple[int, ...], coords: np.ndarr
     return owner
 
 
-def _split_by_centroids(cc: np.ndarray, n_cc: int, coords: np.ndarray, flat_fg: np.ndarray, peaks: np.ndarray,
-                        spacing, min_piece: int, metric: str) -> tuple[np.ndarray, int]:
-    """Split components that hold several peaks into one piece per peak (geodesic or straight-line nearest peak).
+def _split_by_seeds(cc: np.ndarray, n_cc: int, coords: np.ndarray, flat_fg: np.ndarray, seeds: np.ndarray,
+                    groups: np.ndarray, spacing, min_piece: int, metric: str) -> tuple[np.ndarray, int]:
+    """Split components that hold several seed groups into one piece per group: each voxel goes to the group of
+    its nearest seed (through the mask, or in a straight line). `seeds` (M, 3) voxel coordinates, `groups` (M,)
+    the vertebra each seed stands for (several seeds may stand for one).
 
-    A piece stands on its own when its peak lies inside its component and it has at least `min_piece` voxels;
-    other pieces join the largest standing piece of their component (or the component stays whole)."""
+    A piece stands on its own when a seed of its group lies inside its component and it has at least `min_piece`
+    voxels; other pieces join the largest standing piece of their component (or the component stays whole)."""
     comp = cc.ravel()[flat_fg].astype(np.int64)
-    peak_vox = np.clip(np.floor(peaks + 0.5).astype(np.int64), 0, np.asarray(cc.shape) - 1)
-    peak_comp = cc[tuple(peak_vox.T)].astype(np.int64)
+    seed_vox = np.clip(np.floor(seeds + 0.5).astype(np.int64), 0, np.asarray(cc.shape) - 1)
+    seed_comp = cc[tuple(seed_vox.T)].astype(np.int64)
+    owner = np.full(flat_fg.size, -1, dtype=np.int64)
     if metric == "geodesic":
-        seeds_flat = np.ravel_multi_index(tuple(peak_vox.T), cc.shape)
-        inside = peak_comp > 0
-        seed_nodes = np.searchsorted(flat_fg, seeds_flat[inside])
-        owner = np.full(flat_fg.size, -1, dtype=np.int64)
+        inside = seed_comp > 0
+        seed_nodes = np.searchsorted(flat_fg, np.ravel_multi_index(tuple(seed_vox[inside].T), cc.shape))
         if seed_nodes.size:
             unique_nodes, first = np.unique(seed_nodes, return_index=True)
             local = geodesic_owner(flat_fg, cc.shape, coords, unique_nodes, spacing)
-            peak_ids = np.flatnonzero(inside)[first]
-            owner[local >= 0] = peak_ids[local[local >= 0]]
+            owner[local >= 0] = groups[inside][first][local[local >= 0]]
     else:
-        owner = nearest_centroid(coords, peaks, spacing)
-    m = peaks.shape[0] + 1
+        owner = groups[nearest_centroid(coords, seeds, spacing)]
+    m = int(groups.max()) + 2
     key = comp * m + owner + 1
     pieces, piece_of_voxel, piece_size = np.unique(key, return_inverse=True, return_counts=True)
-    piece_comp, piece_peak = pieces // m, pieces % m - 1
-    valid = (piece_size >= min_piece) & (piece_peak >= 0) & (peak_comp[np.maximum(piece_peak, 0)] == piece_comp)
+    piece_comp = pieces // m
+    seeded = np.isin(pieces, seed_comp * m + groups + 1)
+    valid = (piece_size >= min_piece) & (pieces % m > 0) & seeded
     score = piece_size + valid * (piece_size.max() + 1)
     order = np.lexsort((-score, piece_comp))
     comps, first_in_order = np.unique(piece_comp[order], return_index=True)
@@ -233,7 +244,7 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
     fg_prob = np.asarray(fg_prob)
     if fg_prob.ndim != 3:
         raise ValueError(f"foreground probabilities must be (Z, Y, X), got shape {fg_prob.shape}")
-    vert_maps = None if class_maps is None else _vertebra_maps(np.asarray(class_maps), protocol)
+    maps = None if class_maps is None else _with_background(np.asarray(class_maps), protocol)
     mask = fg_prob >= settings.seg_threshold
     box = _bounding_box(mask)
     offset = np.array([b.start for b in box], dtype=np.float64)
@@ -241,27 +252,35 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
     flat_fg = np.flatnonzero(cc)
     coords = np.stack(np.unravel_index(flat_fg, cc.shape), axis=1).astype(np.float64)
     instances, n = cc, n_cc
-    if vert_maps is not None and n_cc:
-        _, peaks = class_peaks(vert_maps, fg_prob.shape, settings.peak_threshold)
-        peaks -= offset
-        if settings.split_merged and peaks.shape[0] > 1:
-            instances, n = _split_by_centroids(cc, n_cc, coords, flat_fg, peaks, spacing,
-                                               max(1, min_voxels(settings.min_vertebra_ml, spacing)),
-                                               settings.split_metric)
+    if maps is not None:
+        maps_flat = maps.reshape(k + 1, -1)
+        map_index = _map_index(coords + offset, maps.shape[1:], fg_prob.shape)
+    if maps is not None and n_cc and settings.split_merged:
+        min_piece = max(1, min_voxels(settings.min_vertebra_ml, spacing))
+        if settings.seeds == "sequence":
+            seeds, groups = level_seeds(coords, map_index, maps_flat, cc.shape[0], protocol, spacing,
+                                        settings.allow_l6, settings.allow_t13, min_piece,
+                                        regions=settings.seed_regions and settings.split_metric == "geodesic")
+        else:
+            seeds = peak_seeds(coords, map_index, maps_flat[1:], settings.peak_threshold)
+            groups = np.arange(seeds.shape[0])
+        if np.unique(groups).size > 1:
+            instances, n = _split_by_seeds(cc, n_cc, coords, flat_fg, seeds, groups, spacing, min_piece,
+                                           settings.split_metric)
     ordered = sort_cranio_caudal(instances, n)
-    if vert_maps is None:
+    if maps is None:
         probs = np.full((n, k), 1.0 / k)
         bodies = ordered.centroids
         decoded = _order_only(n, protocol)
     else:
         ids = ordered.labels.ravel()[flat_fg].astype(np.int64) - 1
-        maps_flat = vert_maps.reshape(k, -1)
-        map_index = _map_index(coords + offset, vert_maps.shape[1:], fg_prob.shape)
-        probs = instance_probabilities(ids, n, maps_flat, map_index)
-        bodies = (instance_peaks(ids, np.argmax(probs, axis=1), maps_flat, map_index, vert_maps.shape[1:], fg_prob.shape)
+        full = instance_probabilities(ids, n, maps_flat, map_index)
+        background = full[:, 0] if settings.none_state and n else None
+        probs = full[:, 1:] / np.clip(full[:, 1:].sum(axis=1, keepdims=True), 1e-12, None)
+        bodies = (instance_peaks(ids, np.argmax(probs, axis=1), maps_flat[1:], map_index, maps.shape[1:], fg_prob.shape)
                   - offset if n else ordered.centroids)
         positions = bodies * np.asarray(spacing, dtype=np.float64) if settings.gap_aware else None
-        decoded = decode(settings.decoder, probs, protocol, settings.allow_l6, settings.allow_t13, positions)
+        decoded = decode(settings.decoder, probs, protocol, settings.allow_l6, settings.allow_t13, positions, background)
     lut = np.zeros(n + 1, dtype=np.uint8)
     lut[1:] = decoded.labels
     labelmap = np.zeros(fg_prob.shape, dtype=np.uint8)

@@ -13,7 +13,8 @@ classes 1..K. Output: one VerSe label per instance, anatomically ordered and wit
   pass through T13 (between T12 and L1) or end with L6 (after L5); entering one costs `log(transitional_prior)`.
   When the protocol has no class for a transitional level (C1-L5 training merges L6 into L5 and T13 into T12),
   its evidence is the probability of the level it was merged into. Given instance centroids, `dp` is gap-aware:
-  it may skip one level between two instances whose distance is much larger than the neighbouring steps.
+  it may skip one level between two instances whose distance is much larger than the neighbouring steps. Instances
+  before the first and after the last level may be "not a vertebra" (label 0: skull base, sacrum, fragments).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from vertseg.labels import L6, T13, Protocol, anatomical_rank
 
 DecoderName = Literal["dp", "paper"]
 _EPS = 1e-6
+NONE_PRIOR = 0.1  # an instance called "not a vertebra" pays log(0.1): only clear background evidence wins
+_NONE_FLOOR = 1e-12  # without background evidence "not a vertebra" costs about two wrong levels: only when forced
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def _check_probs(probs: np.ndarray, protocol: Protocol) -> np.ndarray:
     return probs
 
 
-def _viterbi(emit: np.ndarray, log_t: np.ndarray) -> tuple[np.ndarray, float]:
+def viterbi(emit: np.ndarray, log_t: np.ndarray) -> tuple[np.ndarray, float]:
     """Best state path for emission log-scores (N, S) under transition log weights (S, S) or per step (N-1, S, S)."""
     n, s = emit.shape
     delta = emit[0].copy()
@@ -121,9 +124,14 @@ def gap_probabilities(centroids_mm: np.ndarray) -> np.ndarray:
 
 
 def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, allow_t13: bool = False,
-              transitional_prior: float = 0.1, centroids_mm: np.ndarray | None = None) -> Decoded:
-    """Most probable consecutive labelling (see module docstring). More instances than levels: the best-scoring
-    run of consecutive instances is labelled and the rest get 0.
+              transitional_prior: float = 0.1, centroids_mm: np.ndarray | None = None,
+              background: np.ndarray | None = None, none_prior: float = NONE_PRIOR) -> Decoded:
+    """Most probable consecutive labelling (see module docstring), with a "not a vertebra" state before the first
+    and after the last labelled instance: skull base, sacrum, fragments, or more instances than levels get label 0
+    instead of pushing the whole sequence one level. `background` (N,): each instance's probability of not being a
+    vertebra (the identification background channel); the state's emission is log(background * none_prior), so it
+    is chosen only when the evidence clearly favours it (without a background channel, only when there are more
+    instances than levels).
 
     With `centroids_mm` (N, 3) the chain may also skip one level between two instances (a vertebra the
     segmentation missed), weighted by `gap_probabilities`: gap-aware decoding."""
@@ -133,29 +141,35 @@ def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, all
         return Decoded(np.zeros(0, dtype=np.int64), np.zeros(0))
     chain = LabelChain.build(protocol, allow_l6, allow_t13)
     emit_p = probs[:, np.asarray(chain.score_class) - 1]
-    emit = np.log(emit_p + _EPS)
-    log_t = chain.transitions(transitional_prior)
+    none = np.zeros(n) if background is None else np.clip(np.asarray(background, dtype=np.float64), 0.0, 1.0)
+    none_emit = np.log(np.maximum(none * none_prior, _NONE_FLOOR))[:, None]
+    emit = np.concatenate([none_emit, np.log(emit_p + _EPS), none_emit], axis=1)
+    log_t = _with_none_states(chain.transitions(transitional_prior))
     if centroids_mm is not None and n > 1:
         if np.shape(centroids_mm) != (n, 3):
             raise ValueError(f"centroids_mm must be ({n}, 3), got {np.shape(centroids_mm)}")
         gap = gap_probabilities(centroids_mm)[:, None, None]
-        log_t = np.logaddexp(log_t[None] + np.log1p(-gap), chain.transitions(transitional_prior, skip=1)[None] + np.log(gap))
-    best: tuple[float, int, np.ndarray] | None = None
-    for length in range(n, 0, -1):
-        for start in range(n - length + 1):
-            steps = log_t if log_t.ndim == 2 else log_t[start:start + length - 1]
-            path, score = _viterbi(emit[start:start + length], steps)
-            if np.isfinite(score) and (best is None or score > best[0]):
-                best = (score, start, path)
-        if best is not None:
-            break
-    score, start, path = best
+        skip = _with_none_states(chain.transitions(transitional_prior, skip=1))
+        log_t = np.logaddexp(log_t[None] + np.log1p(-gap), skip[None] + np.log(gap))
+    path, _ = viterbi(emit, log_t)
+    on_spine = (path > 0) & (path <= len(chain.states))
     labels = np.zeros(n, dtype=np.int64)
     confidence = np.zeros(n)
-    rows = np.arange(start, start + path.size)
-    labels[rows] = np.asarray(chain.states)[path]
-    confidence[rows] = emit_p[rows, path]
+    rows = np.flatnonzero(on_spine)
+    labels[rows] = np.asarray(chain.states)[path[rows] - 1]
+    confidence[rows] = emit_p[rows, path[rows] - 1]
     return Decoded(labels, confidence)
+
+
+def _with_none_states(log_t: np.ndarray) -> np.ndarray:
+    """Level transitions (S, S) -> (S + 2, S + 2) with "above" (first) and "below" (last) non-vertebra states:
+    above stays or enters any level, any level may end the spine, below stays."""
+    s = log_t.shape[0]
+    out = np.full((s + 2, s + 2), -np.inf)
+    out[1:-1, 1:-1] = log_t
+    out[0, :-1] = 0.0
+    out[1:, -1] = 0.0
+    return out
 
 
 def decode_paper(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, allow_t13: bool = False) -> Decoded:
@@ -196,10 +210,12 @@ def decode_paper(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, 
 
 
 def decode(name: DecoderName, probs: np.ndarray, protocol: Protocol, allow_l6: bool = False,
-           allow_t13: bool = False, centroids_mm: np.ndarray | None = None) -> Decoded:
-    """Dispatch by decoder name (`InferenceConfig.decoder`); `centroids_mm` makes `dp` gap-aware."""
+           allow_t13: bool = False, centroids_mm: np.ndarray | None = None,
+           background: np.ndarray | None = None) -> Decoded:
+    """Dispatch by decoder name (`InferenceConfig.decoder`); `centroids_mm` makes `dp` gap-aware, `background`
+    gives it the evidence for its "not a vertebra" end states."""
     if name == "dp":
-        return decode_dp(probs, protocol, allow_l6, allow_t13, centroids_mm=centroids_mm)
+        return decode_dp(probs, protocol, allow_l6, allow_t13, centroids_mm=centroids_mm, background=background)
     if name == "paper":
         return decode_paper(probs, protocol, allow_l6, allow_t13)
     raise ValueError(f"unknown sequence decoder {name!r}; choose 'dp' or 'paper'")

@@ -1,8 +1,10 @@
-"""Checkpoints: written atomically (vertseg.io), loaded with weights_only=True, with a clear error on a bad file."""
+"""Checkpoints: written atomically (vertseg.io), loaded with weights_only=True, with a clear error on a bad file;
+and the partial loading behind fine-tuning (`--init-from`)."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,61 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ---- fine-tuning (`vertseg train --init-from`) ------------------------------------------------------------------
+# The weights a checkpoint's training validated (`inference_weights`), else these in order: EMA teacher first.
+INIT_KEYS = ("teacher", "model", "state_dict")
+
+
+@dataclass
+class InitReport:
+    """What `--init-from` loaded: tensors copied, and those left at their fresh initialisation."""
+
+    source: Path
+    weights: str  # which weights of the checkpoint (teacher / model)
+    loaded: list[str]
+    skipped: list[str]  # "name checkpoint-shape -> network-shape": another class count, width or layout
+    missing: list[str]  # network tensors the checkpoint does not have
+    unused: list[str]  # checkpoint tensors the network has no place for
+    fraction: float  # share of the network's weight elements that were loaded
+
+    def summary(self) -> str:
+        total = len(self.loaded) + len(self.skipped) + len(self.missing)
+        lines = [f"initialised from {self.source} ({self.weights} weights): {len(self.loaded)}/{total} tensors loaded "
+                 f"({self.fraction:.1%} of the weights)"]
+        for what, names in (("skipped (shape differs)", self.skipped), ("kept fresh (not in checkpoint)", self.missing),
+                            ("unused from checkpoint", self.unused)):
+            if names:
+                lines.append(f"  {what}: {', '.join(names)}")
+        return "\n".join(lines)
+
+
+def init_weights(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, its key) to fine-tune from, with DDP/compile prefixes removed."""
+    validated = {"teacher": "teacher", "student": "model"}.get(payload.get("inference_weights"))
+    for key in ((validated,) if validated else ()) + INIT_KEYS:
+        state = payload.get(key)
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return {_unprefixed(name): value for name, value in state.items()}, key
+    raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(INIT_KEYS)})")
+
+
+def _unprefixed(name: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, weights: str) -> InitReport:
+    """Copy every tensor of `state` whose name and shape match `module` (in place: optimisers keep their params)."""
+    own = module.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    module.load_state_dict(matching, strict=False)
+    return InitReport(
+        source=source, weights=weights, loaded=list(matching),
+        skipped=[f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}" for k in own if k in state and k not in matching],
+        missing=[k for k in own if k not in state], unused=[k for k in state if k not in own],
+        fraction=sum(own[k].numel() for k in matching) / max(1, sum(v.numel() for v in own.values())),
+    )

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from vertseg.config_base import ConfigModel
 
 Method = Literal["seg_only", "fsl", "proposed", "mean_teacher", "ua_mt", "cps", "unimatch"]
 
 
-class LossConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LossConfig(ConfigModel):
     alpha_seg: float = Field(0.5, ge=0, le=1)  # Eq. 4: equal-weighted Dice and CE inside L_seg
     scale_weights: tuple[float, float, float] = (4 / 7, 2 / 7, 1 / 7)  # Eq. 4: w_s for full, 1/2, 1/4; sum 1
     eps: float = 1e-6  # Eq. 5: epsilon
@@ -25,6 +25,8 @@ class LossConfig(BaseModel):
     id_reweighting: Literal["lagging", "balance", "none"] = "lagging"  # Eq. 3: "dynamically reweighted" KL and instance terms
     seg_pseudo_threshold: float = Field(0.5, gt=0, lt=1)  # Eq. 10: teacher probability -> binary pseudo-mask
     cls_pseudo_region: Literal["teacher_foreground", "heatmap"] = "teacher_foreground"  # Eq. 11: where "excluding the background" looks for background
+    id_ce_weight: float = Field(1.0, ge=0)  # not in the paper: per-position class CE at 1/4 resolution (0 = Eq. 3 as written)
+    id_ce_background_weight: float = Field(0.5, ge=0)  # weight of the non-bone cells' mean CE ("not a vertebra")
 
     @model_validator(mode="after")
     def _weights_sum_to_one(self) -> "LossConfig":
@@ -33,17 +35,15 @@ class LossConfig(BaseModel):
         return self
 
 
-class ScheduleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ScheduleConfig(ConfigModel):
     epochs: int = Field(100, ge=1)  # section 2.6: 100 epochs
     iterations_per_epoch: int = Field(250, ge=1)
     e_cons: int = Field(40, ge=0)  # Eq. 2: consistency starts (end of warm-up)
     e_ramp: int = Field(80, ge=1)  # Eq. 2: consistency weight reaches 1
-    tau_seg_start: float = 0.50  # Eq. 13
-    tau_seg_end: float = 0.90  # Eq. 13
-    tau_cls_start: float = 0.30  # Eq. 12
-    tau_cls_end: float = 0.55  # Eq. 12
+    tau_seg_start: float = Field(0.50, ge=0, le=1)  # Eq. 13
+    tau_seg_end: float = Field(0.90, ge=0, le=1)  # Eq. 13
+    tau_cls_start: float = Field(0.30, ge=0, le=1)  # Eq. 12
+    tau_cls_end: float = Field(0.55, ge=0, le=1)  # Eq. 12
     ema_decay: float = Field(0.99, gt=0, lt=1)  # section 2.4.3 (4): alpha = 0.99
 
     @model_validator(mode="after")
@@ -53,9 +53,7 @@ class ScheduleConfig(BaseModel):
         return self
 
 
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OptimConfig(ConfigModel):
     lr: float = Field(0.01, gt=0)  # section 2.6: SGD, initial lr 0.01
     momentum: float = Field(0.9, ge=0, lt=1)  # section 2.6: momentum 0.9
     weight_decay: float = Field(3e-5, ge=0)
@@ -66,10 +64,8 @@ class OptimConfig(BaseModel):
     unlabeled_batch_size: int = Field(2, ge=0)
 
 
-class AugmentConfig(BaseModel):
+class AugmentConfig(ConfigModel):
     """Table A2. Probabilities p_* and ranges; the weak view is geometry only, the strong view photometric only."""
-
-    model_config = ConfigDict(extra="forbid")
 
     flip_xy_p: float = Field(0.5, ge=0, le=1)  # Table A2: flip X/Y
     flip_z_p: float = Field(0.25, ge=0, le=1)  # Table A2: flip Z (labels travel with voxels, see augment/weak.py)
@@ -77,42 +73,45 @@ class AugmentConfig(BaseModel):
     labeled_strong_p: float = Field(0.5, ge=0, le=1)  # section 2.5: strong pipeline on labeled volumes
     labeled_mild_p: float = Field(0.5, ge=0, le=1)  # section 2.5: otherwise mild scaling
     mild_scale: tuple[float, float] = (0.95, 1.05)  # section 2.5: mild intensity scaling range
-    scale_shift_p: float = 0.5  # Table A2
+    scale_shift_p: float = Field(0.5, ge=0, le=1)  # Table A2
     scale_range: tuple[float, float] = (0.8, 1.2)  # Table A2: alpha
     shift_range: tuple[float, float] = (-0.1, 0.1)  # Table A2: beta
-    gamma_p: float = 0.5  # Table A2
+    gamma_p: float = Field(0.5, ge=0, le=1)  # Table A2
     gamma_range: tuple[float, float] = (0.7, 1.5)  # Table A2
-    clahe_p: float = 0.5  # Table A2
+    clahe_p: float = Field(0.5, ge=0, le=1)  # Table A2
     clahe_clip: float = 0.03  # Table A2: normalised clip limit (skimage convention)
-    unsharp_p: float = 0.5  # Table A2
+    unsharp_p: float = Field(0.5, ge=0, le=1)  # Table A2
     unsharp_amount: tuple[float, float] = (0.5, 1.5)  # Table A2
     unsharp_sigma: float = 1.0  # Table A2: sigma_blur
-    gaussian_noise_p: float = 0.5  # Table A2
+    gaussian_noise_p: float = Field(0.5, ge=0, le=1)  # Table A2
     gaussian_noise_sigma: tuple[float, float] = (0.0, 0.025)  # Table A2
-    speckle_p: float = 0.3  # Table A2
+    speckle_p: float = Field(0.3, ge=0, le=1)  # Table A2
     speckle_sigma: tuple[float, float] = (0.0, 0.05)  # Table A2
-    salt_pepper_p: float = 0.3  # Table A2
+    salt_pepper_p: float = Field(0.3, ge=0, le=1)  # Table A2
     salt_pepper_amount: tuple[float, float] = (0.001, 0.01)  # Table A2
-    poisson_p: float = 0.3  # Table A2
+    poisson_p: float = Field(0.3, ge=0, le=1)  # Table A2
     poisson_peak: float = 255.0  # counts at intensity 1 (the table gives no magnitude)
-    blur_p: float = 0.5  # Table A2
+    blur_p: float = Field(0.5, ge=0, le=1)  # Table A2
     blur_sigma: tuple[float, float] = (0.75, 1.25)  # Table A2
-    median_p: float = 0.5  # Table A2: kernel size 3
+    median_p: float = Field(0.5, ge=0, le=1)  # Table A2: kernel size 3
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> "AugmentConfig":
+        for name, value in self:
+            if isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
+                raise ValueError(f"augment.{name} {list(value)} must be [low, high] with low <= high")
+        return self
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(ConfigModel):
     """Settings of the Table 3 baselines (each from its own paper), adapted to the dual-branch model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ua_mt_passes: int = Field(8, ge=2)  # UA-MT (Yu et al. 2019): T = 8 stochastic teacher passes
     ua_mt_noise: float = Field(0.1, ge=0)  # UA-MT: input noise std, clipped to +-2 std
     unimatch_feature_dropout: float = Field(0.5, ge=0, lt=1)  # UniMatch (Yang et al. 2023): feature dropout rate
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TrainConfig(ConfigModel):
     method: Method = "proposed"
     seed: int = 42  # section 2.6: random seed 42
     labeled_fraction: float = Field(1.0, gt=0, le=1)  # Table 2 note: the rest of the labeled pool becomes unlabeled
@@ -130,3 +129,14 @@ class TrainConfig(BaseModel):
     teacher_check_every: int = Field(1, ge=1)  # epochs between cross-rank EMA-teacher checksums
     loader_workers: int = Field(2, ge=0)  # DataLoader processes per training worker
     log_every_steps: int = Field(10, ge=1)  # per-step tracking (loss, lr, confidence-mask pass fractions)
+
+    @model_validator(mode="after")
+    def _ramp_within_training(self) -> "TrainConfig":
+        schedule = self.schedule
+        if self.method not in ("fsl", "seg_only") and schedule.e_ramp > schedule.epochs:
+            raise ValueError(
+                f"train.schedule.e_ramp ({schedule.e_ramp}) must not exceed train.schedule.epochs ({schedule.epochs}) "
+                f"for method {self.method!r}: its consistency weight would never reach 1; set e_cons and e_ramp "
+                "with epochs (the paper: 40% and 80% of them)"
+            )
+        return self

@@ -6,8 +6,15 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from torch import nn
+
 from vertseg.training.data import TrainingData
 from vertseg.training.trainer import Trainer
+
+
+# (config, device, rank, world size) -> the validator of this rank, or None: evaluation.holdout.volume_validator
+# with the store bound by the caller.
+VolumeValidation = Callable[..., "Callable[[nn.Module], dict[str, float]] | None"]
 
 
 @dataclass
@@ -32,11 +39,14 @@ def fit(
     on_epoch_end: Callable[[EpochResult], None],
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    validate_volumes: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> None:
     """Train until the configured number of epochs (or a stop request, which ends the run after the current step).
 
     Each epoch starts fresh, seeded patch streams (`set_epoch`), so a resumed run sees the same data as an
     uninterrupted one; an epoch interrupted mid-way restarts its stream and runs only its remaining iterations.
+    `validate_volumes` (evaluation.holdout.volume_validator) adds full-volume metrics at each validation, and
+    checkpoint selection (`trainer.selection_score`) then uses them.
     """
     import time
 
@@ -51,6 +61,8 @@ def fit(
         validated = False
         if not interrupted and data.validation is not None and (trainer.epoch % every == 0 or trainer.finished):
             metrics.update(trainer.evaluate(data.validation))
+            if validate_volumes is not None:
+                metrics.update(trainer.validate_volumes(validate_volumes))
             validated = True
         seconds = time.perf_counter() - started
         samples = trainer.train_cfg.schedule.iterations_per_epoch * trainer.train_cfg.optim.labeled_batch_size

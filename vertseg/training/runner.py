@@ -19,7 +19,7 @@ from vertseg.config import VertsegConfig, dump_config
 from vertseg.io import atomic_write_json, atomic_write_text
 from vertseg.training.checkpoint import load_checkpoint, save_checkpoint
 from vertseg.training.data import build_training_data
-from vertseg.training.loop import EpochResult, fit
+from vertseg.training.loop import EpochResult, VolumeValidation, fit
 from vertseg.training.methods import get_method
 from vertseg.training.progress import EpochProgress
 from vertseg.training.trainer import Trainer, is_better
@@ -57,13 +57,16 @@ def train_local(
     unlabeled: Path | None,
     run_dir: Path,
     resume: bool = False,
+    init_from: Path | None = None,
+    volume_validation: VolumeValidation | None = None,
     device: torch.device | None = None,
     loader_workers: int = 0,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[EpochResult, dict[str, Any]], None] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train in this process; returns {"best": metrics, "best_checkpoint": path, "epochs": completed}."""
+    """Train in this process (from `init_from`'s weights when given and not resuming); returns
+    {"best": metrics, "best_checkpoint": path, "epochs": completed}."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     latest, best_path = ckpt_dir / "latest.pt", run_dir / "best" / "checkpoint.pt"  # best/ as in Ray runs
@@ -81,6 +84,8 @@ def train_local(
         trainer.load_state_dict(state)
         best = state.get("best_metrics")
         log(f"resumed {run_dir.name} at epoch {trainer.epoch} (step {trainer.step})")
+    elif init_from is not None:
+        log(trainer.initialise_from(init_from).summary())
     metrics_file = run_dir / "metrics.jsonl"
     if metrics_file.exists() and resume:
         history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
@@ -113,7 +118,8 @@ def train_local(
     stop = StopFlag().install()
     try:
         with progress:
-            fit(trainer, data, on_epoch_end, should_stop=stop, on_step=step_hook)
+            fit(trainer, data, on_epoch_end, should_stop=stop, on_step=step_hook,
+                validate_volumes=volume_validation(config, device, 0, 1) if volume_validation else None)
     finally:
         stop.uninstall()
     return {"best": best, "best_checkpoint": best_path if best_path.exists() else latest, "epochs": trainer.epoch,

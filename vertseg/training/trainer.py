@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,15 @@ from torch import nn
 from vertseg.config import VertsegConfig, dump_config
 from vertseg.model import build_model
 from vertseg.training.augment import apply_weak, labeled_photometric, sample_weak, strong_augment
-from vertseg.training.checkpoint import capture_rng, restore_rng
+from vertseg.training.checkpoint import (
+    CheckpointError,
+    InitReport,
+    capture_rng,
+    init_weights,
+    load_checkpoint,
+    load_matching,
+    restore_rng,
+)
 from vertseg.training.ema import EMATeacher
 from vertseg.training.losses import class_frequency_weights
 from vertseg.training.losses.identification import downsample_labels
@@ -25,6 +34,7 @@ from vertseg.training.methods import StepContext, StudentBundle, Views, get_meth
 from vertseg.training.schedules import consistency_weight, lr_factor, tau_cls, tau_seg
 
 LABELED_KEYS = ("image", "mask", "labels", "centroids")
+MIN_INIT_FRACTION = 0.5  # --init-from: a new head is a small share of the weights; a different network is not
 
 
 class NonFiniteLossError(RuntimeError):
@@ -194,7 +204,7 @@ class Trainer:
         """Patch-level validation of the deployed network (`deployed_weights`): Dice of the thresholded mask,
         identification accuracy over foreground voxels at the identification resolution, and the supervised loss;
         summed over ranks. Scoring the weights inference loads keeps the "best" checkpoint honest."""
-        model = self.teacher.module if self.deployed_weights == "teacher" else self.bundle.members[0]
+        model = self.deployed_model
         model.eval()
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # inter, total, correct, counted, loss, batches
         for batch in batches:
@@ -219,6 +229,19 @@ class Trainer:
         if counted > 0:
             metrics["val_id_acc"] = correct / counted
         return metrics
+
+    @torch.no_grad()
+    def validate_volumes(self, validator: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
+        """Full-volume validation of the deployed network (`validator`: evaluation.holdout.volume_validator)."""
+        model = self.deployed_model.eval()
+        try:
+            return validator(model)
+        finally:
+            model.train()
+
+    @property
+    def deployed_model(self) -> nn.Module:
+        return self.teacher.module if self.deployed_weights == "teacher" else self.bundle.members[0]
 
     @property
     def deployed_weights(self) -> str:
@@ -259,17 +282,39 @@ class Trainer:
         self.skipped_steps = int(state["skipped_steps"])
         restore_rng(state["rng"], self.generator)
 
+    def initialise_from(self, path: Path | str) -> InitReport:
+        """Fine-tuning: every student starts from a checkpoint's deployed weights, the teacher from the first
+        student; optimiser, schedule and counters stay fresh. Tensors whose shape differs (e.g. the identification
+        head of another class count) keep their fresh initialisation and are listed in the report."""
+        state, key = init_weights(load_checkpoint(path), path)
+        report = load_matching(self.bundle.members[0], state, Path(path), key)
+        if report.fraction < MIN_INIT_FRACTION:
+            raise CheckpointError(f"--init-from {path}: only {report.fraction:.0%} of this network's weights match the "
+                                  "checkpoint; its model.* settings differ too much to fine-tune from it")
+        for member in self.bundle.members[1:]:
+            load_matching(member, state, Path(path), key)
+        if self.teacher is not None:
+            self.teacher.reinitialise(self.bundle.members[0])
+        return report
+
     @property
     def finished(self) -> bool:
         return self.epoch >= self.train_cfg.schedule.epochs
 
 
 def is_better(metrics: dict[str, float], best: dict[str, float] | None) -> bool:
-    """Model selection: higher mean of validation Dice and identification accuracy (both in [0, 1])."""
+    """Model selection: the higher `selection_score`."""
     score = selection_score(metrics)
     return best is None or not math.isfinite(selection_score(best)) or score > selection_score(best)
 
 
+VOLUME_SELECTION = ("val_volume_dice", "val_volume_id_acc", "val_volume_id_rate")
+PATCH_SELECTION = ("val_dice", "val_id_acc")
+
+
 def selection_score(metrics: dict[str, float]) -> float:
-    keys = [k for k in ("val_dice", "val_id_acc") if k in metrics]
-    return sum(metrics[k] for k in keys) / len(keys) if keys else float("nan")
+    """Mean of what users get when full-volume validation ran (binary Dice, Acc_ID, id-rate of whole validation
+    scans after post-processing), else of the patch monitors (Dice, identification accuracy); all in [0, 1]."""
+    volume = [metrics[k] for k in VOLUME_SELECTION if math.isfinite(metrics.get(k, math.nan))]
+    values = volume or [metrics[k] for k in PATCH_SELECTION if k in metrics]
+    return sum(values) / len(values) if values else float("nan")

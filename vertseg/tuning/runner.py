@@ -60,6 +60,34 @@ def resolve_eval_split(store: Path, split: str | None) -> str:
         raise SweepError(str(error)) from None
 
 
+def sweep_identity(plan: SweepPlan) -> dict[str, Any]:
+    """Hashes of the stores' manifests and of every trial's resolved config, kept in `state.json`."""
+    from vertseg.data.store import StoreError
+    from vertseg.distributed.run_identity import config_sha256, manifest_sha256
+
+    data = plan.sweep.data
+    try:
+        manifests = manifest_sha256([Path(data.store), Path(data.unlabeled) if data.unlabeled else None])
+    except StoreError as error:
+        raise SweepError(str(error)) from None
+    return {
+        "store_manifest_sha256": manifests,
+        "trial_config_sha256": {trial.key: config_sha256(plan.config_for(trial)) for trial in plan.trials},
+    }
+
+
+def check_sweep_resume(name: str, state: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to continue a sweep whose stores or trial configs changed: finished trials would be reused as they are."""
+    if "trial_config_sha256" not in state:
+        raise SweepError(f"{name}: cannot resume: its state.json predates config and store hashes; start anew")
+    if state["store_manifest_sha256"] != identity["store_manifest_sha256"]:
+        raise SweepError(f"{name}: cannot resume: the store manifest changed since the sweep started; start anew")
+    changed = sorted(k for k, v in identity["trial_config_sha256"].items() if state["trial_config_sha256"].get(k) != v)
+    if changed:
+        raise SweepError(f"{name}: cannot resume: the config of trial(s) {', '.join(changed)} changed since the sweep "
+                         "started (its base config or overrides); start anew")
+
+
 def _read_state(path: Path) -> dict[str, Any] | None:
     import json
 
@@ -106,6 +134,9 @@ def run_sweep(
 
     if state is not None and mlflow_uri and mlflow_uri != state["mlflow_uri"]:
         raise SweepError(f"{sweep.name} was tracked at {state['mlflow_uri']}, not {mlflow_uri}; resume without --mlflow-uri")
+    identity = sweep_identity(plan)
+    if state is not None:
+        check_sweep_resume(sweep.name, state, identity)
 
     # Everything that can fail is checked before the MLflow parent run and the state file are written.
     eval_split = resolve_eval_split(sweep.data.store, sweep.data.eval_split)
@@ -123,7 +154,7 @@ def run_sweep(
     if state is None:
         experiment_id = tracking.ensure_experiment(mlflow, tracking.EXPERIMENT, root / "mlartifacts")
         parent = tracking.start_parent(mlflow, experiment_id, plan, provenance)
-        state = {"parent_run_id": parent, "mlflow_uri": uri, "trial_keys": keys, "smoke": plan.smoke}
+        state = {"parent_run_id": parent, "mlflow_uri": uri, "trial_keys": keys, "smoke": plan.smoke, **identity}
         atomic_write_json(state_path, state)
     else:
         parent = state["parent_run_id"]

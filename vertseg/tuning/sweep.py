@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vertseg.config import ConfigError, VertsegConfig, build_config, format_validation_error, read_yaml_mapping
+from vertseg.config_base import ConfigModel
 
 SSL_METHODS = frozenset({"proposed", "mean_teacher", "ua_mt", "cps", "unimatch"})
 
@@ -39,30 +40,24 @@ class SweepError(ValueError):
     """A sweep file that cannot run; the message names the file and the offending entry."""
 
 
-class DataStores(BaseModel):
+class DataStores(ConfigModel):
     """Preprocessed Zarr stores (paths relative to the working directory, as on the `vertseg train` line)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    store: Path
-    unlabeled: Path | None = None  # used by SSL methods only; FSL rows train on the labeled pool alone
+    store: Path = Field(strict=False)  # YAML gives paths as strings
+    unlabeled: Path | None = Field(None, strict=False)  # used by SSL methods only; FSL rows train on the labeled pool alone
     eval_split: str | None = None  # held-out split of the trials' evaluation; None: test if the store has it, else validation
     evaluate: bool = True  # full-volume evaluation of every trial's best checkpoint on eval_split, logged to MLflow
 
 
-class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Resources(ConfigModel):
     workers_per_trial: int = Field(2, ge=1)  # Ray Train workers (DDP ranks) per trial
     use_gpu: bool = False  # one GPU per worker when true
     max_concurrent: int | None = Field(None, ge=1)  # default: as many trials as the cluster's resources fit
     max_failures: int = Field(2, ge=0)  # Tune retries of a failed trial (each resumes its own checkpoint)
 
 
-class Variant(BaseModel):
+class Variant(ConfigModel):
     """One named row of a table: a label and its dotted overrides."""
-
-    model_config = ConfigDict(extra="forbid")
 
     label: str
     overrides: dict[str, Any] = {}
@@ -81,13 +76,11 @@ class TrialSpec(BaseModel):
     overrides: tuple[str, ...]
 
 
-class Sweep(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Sweep(ConfigModel):
     name: str
     title: str = ""
     kind: str = "bars"  # report layout: bars (Fig. 2/4/5, Tables 3/4) or line (Fig. 3)
-    base: Path | None = None  # base config YAML, relative to the sweep file; None = paper defaults
+    base: Path | None = Field(None, strict=False)  # base config YAML, relative to the sweep file; None = paper defaults
     data: DataStores
     overrides: dict[str, Any] = {}  # applied to every trial
     variants: list[Variant] = []

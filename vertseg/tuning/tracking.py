@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vertseg.distributed.tracking import EXPERIMENT, default_tracking_uri
+from vertseg.distributed.tracking import EXPERIMENT, default_tracking_uri, equals_clause
 from vertseg.tuning.sweep import SSL_METHODS, SweepError, SweepPlan, TrialSpec
 
 __all__ = ["EXPERIMENT", "default_tracking_uri"]  # re-exported: `vertseg train` and sweeps share one store
@@ -116,14 +116,13 @@ def finished_child(mlflow: "MlflowClient", parent_run_id: str, run_name: str) ->
     runs = mlflow.search_runs(
         [parent.info.experiment_id],
         filter_string=(
-            f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_RUN_NAME}` = '{run_name}' "
-            f"and attributes.status = 'FINISHED'"
+            f"{equals_clause(f'tags.`{TAG_PARENT}`', parent_run_id)} and "
+            f"{equals_clause(f'tags.`{TAG_RUN_NAME}`', run_name)} and attributes.status = 'FINISHED'"
         ),
         order_by=["attributes.start_time DESC"],
-        max_results=1,
     )
-    run = runs[0] if runs else None
-    return run if run is not None and TAG_TRIAL in run.data.tags else None
+    exact = [r for r in runs if r.data.tags.get(TAG_RUN_NAME) == run_name and TAG_TRIAL in r.data.tags]
+    return exact[0] if exact else None
 
 
 def annotate_child(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,6 +64,8 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     """Train one trial (or reuse its finished MLflow run) and report its best metrics to Tune."""
     from ray import tune
 
+    from vertseg.evaluation.holdout import volume_validator
+
     trial = context.trials[params["trial"]]
     name = run_name(context.sweep_name, context.parent_run_id, trial)
     mlflow = tracking.client(context.mlflow_uri)
@@ -84,6 +87,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         mlflow_parent_run_id=context.parent_run_id,
         resume=has_checkpoint(context.storage / name),
         report_to_tune=True,
+        volume_validation=partial(volume_validator, context.store),
     )
     if getattr(result, "interrupted", False):
         raise RuntimeError(f"trial {trial.key}: training was stopped before its last epoch; resume the sweep")

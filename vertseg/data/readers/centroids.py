@@ -31,17 +31,20 @@ def read_centroids_json(path: Path) -> tuple[tuple[str, str, str] | None, dict[i
         raise CaseError(path, "centroid JSON must be a list of entries")
     codes: tuple[str, str, str] | None = None
     points: dict[int, np.ndarray] = {}
-    for entry in entries:
+    for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise CaseError(path, f"centroid entry {entry!r} is not an object")
         if "direction" in entry:
             codes = _validate_codes(entry["direction"], path)
             continue
         try:
-            label = int(entry["label"])
-            xyz = np.array([float(entry["X"]), float(entry["Y"]), float(entry["Z"])], dtype=np.float64)
+            label = _integral_label(entry["label"])
+            xyz = np.array([_number(entry["X"]), _number(entry["Y"]), _number(entry["Z"])], dtype=np.float64)
         except (KeyError, TypeError, ValueError):
             raise CaseError(path, f"centroid entry {entry!r} needs numeric label, X, Y, Z") from None
+        if label is None:
+            raise CaseError(path, f"centroid entry {number} ({entry!r}): label {entry['label']!r} is not a whole "
+                                  "number (a VerSe label is an integer; refusing to round it)")
         if label not in VERSE_NAMES:
             raise CaseError(path, f"centroid label {label} is not a VerSe label (1-28)")
         if not np.all(np.isfinite(xyz)):
@@ -50,6 +53,22 @@ def read_centroids_json(path: Path) -> tuple[tuple[str, str, str] | None, dict[i
             raise CaseError(path, f"label {label} appears twice")
         points[label] = xyz
     return codes, points
+
+
+def _number(value) -> float:
+    """A JSON number; `true`/`false` are refused rather than read as 1/0."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a coordinate")
+    return float(value)
+
+
+def _integral_label(value) -> int | None:
+    """The label as an int, None when it is a number with a fractional part (20.7); TypeError/ValueError when it is
+    not a number at all."""
+    number = _number(value)
+    if not np.isfinite(number) or number != int(number):
+        return None
+    return int(number)
 
 
 def _validate_codes(codes, path) -> tuple[str, str, str]:

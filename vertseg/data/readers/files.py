@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # single-file volumes SimpleITK reads (NRRD, MetaImage)
 
 
 def is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_itk_volume(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ITK_SUFFIXES)
+
+
 def nifti_stem(path: Path) -> str:
-    """File name without .nii / .nii.gz."""
+    """File name without .nii / .nii.gz (or a NRRD / MetaImage suffix)."""
     name = path.name
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in NIFTI_SUFFIXES + ITK_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

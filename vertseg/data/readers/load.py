@@ -8,16 +8,10 @@ import numpy as np
 
 from vertseg.data.errors import CaseError
 from vertseg.data.readers.centroids import read_centroids_json, reorient_points
+from vertseg.data.readers.dicom import read_dicom_series
 from vertseg.data.readers.geometry import axcodes, same_grid, voxel_to_lps
 from vertseg.data.types import Case, CaseSource
-from vertseg.labels import MAX_VERSE_LABEL, from_ctspine1k, from_totalsegmentator
-
-# label format -> (largest raw value in its table, converter to VerSe labels)
-LABEL_FORMATS = {
-    "verse": (MAX_VERSE_LABEL, None),
-    "ctspine1k": (25, from_ctspine1k),
-    "totalsegmentator": (117, from_totalsegmentator),
-}
+from vertseg.data.readers.label_formats import convert_mask_values, read_structure_folder
 CENTROID_MARGIN_VOXELS = 5.0  # a JSON point further outside the grid than this means a wrong file or direction
 
 
@@ -25,7 +19,7 @@ def load_case(source: CaseSource) -> Case:
     """Load and validate a case; any problem raises CaseError naming the file."""
     if source.image is None and source.mask is None:
         raise CaseError(None, f"case {source.case_id} has neither an image nor a mask")
-    image = read_image(source.image, source.series_uid) if source.image is not None else None
+    image = read_image(source.image, source.series_uid, source.allow_irregular) if source.image is not None else None
     mask = None
     if source.mask is not None:
         mask = read_mask(source.mask, source.label_format, reference=image, reference_path=source.image)
@@ -86,20 +80,17 @@ def _as_3d(image, path: Path):
     return image
 
 
-def read_image(path: Path, series_uid: str | None = None):
-    """CT volume (NIfTI file or DICOM series folder) as a SimpleITK image; NaNs are an error."""
+def read_image(path: Path, series_uid: str | None = None, allow_irregular: bool = False):
+    """CT volume (NIfTI file or DICOM series folder) as a SimpleITK image; NaNs are an error.
+
+    A DICOM series with uneven slice positions is refused unless `allow_irregular` (then resampled; see dicom.py).
+    """
     import SimpleITK as sitk
 
     path = Path(path)
     if path.is_dir():
         try:
-            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)) or ()
-            uid = series_uid if series_uid is not None else (uids[0] if uids else None)
-            if uid is None or uid not in uids:
-                raise CaseError(path, "no DICOM series found" if not uids else f"series {uid!r} not in folder")
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid))
-            image = reader.Execute()
+            image = read_dicom_series(path, series_uid, allow_irregular)
         except RuntimeError as error:
             raise CaseError(path, f"cannot read DICOM series ({_first_line(error)})") from None
     else:
@@ -114,13 +105,18 @@ def read_image(path: Path, series_uid: str | None = None):
 
 
 def read_mask(path: Path, label_format: str = "verse", reference=None, reference_path: Path | None = None):
-    """Label volume converted to VerSe labels (uint8), on the same grid as `reference` when given."""
+    """Label volume converted BY NAME to VerSe labels (uint8), on the same grid as `reference` when given.
+
+    `path` is a label file (its header table, else `label_format`, says what the values mean) or a folder of
+    per-structure binary files; see `vertseg.data.readers.label_formats`.
+    """
     import SimpleITK as sitk
 
-    if label_format not in LABEL_FORMATS:
-        raise CaseError(path, f"unknown label format {label_format!r} (known: {', '.join(LABEL_FORMATS)})")
-    largest, converter = LABEL_FORMATS[label_format]
-    mask = _as_3d(_read_sitk(path), path)
+    path = Path(path)
+    if path.is_dir():
+        mask = read_structure_folder(path, lambda p: _as_3d(_read_sitk(p), p), same_grid)
+    else:
+        mask = _as_3d(_read_sitk(path), path)
     if reference is not None:
         difference = same_grid(reference, mask)
         if difference is not None:
@@ -131,13 +127,7 @@ def read_mask(path: Path, label_format: str = "verse", reference=None, reference
             raise CaseError(path, "mask contains NaN or infinite values")
         if not np.array_equal(values, np.round(values)):
             raise CaseError(path, "mask has non-integer values (a probability map, or resampled with interpolation?)")
-    low, high = values.min(), values.max()
-    if low < 0 or high > largest:
-        ints = np.unique(values[(values < 0) | (values > largest)]).astype(np.int64)
-        raise CaseError(path, f"label values {ints[:10].tolist()} are outside the {label_format} table (0..{largest})")
-    labels = values.astype(np.uint8)
-    if converter is not None:
-        labels = converter(labels)
+    labels = values.astype(np.uint8) if path.is_dir() else convert_mask_values(path, values, label_format)
     if not labels.any():
         raise CaseError(path, "empty mask: no vertebra labels")
     out = sitk.GetImageFromArray(labels)

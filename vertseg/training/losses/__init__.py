@@ -7,10 +7,16 @@ from vertseg.training.losses.consistency import (
     seg_consistency_loss,
     teacher_foreground,
 )
-from vertseg.training.losses.identification import combine_identification, instance_dice_loss, kl_heatmap_loss
+from vertseg.training.losses.identification import (
+    class_competition_loss,
+    combine_identification,
+    instance_dice_loss,
+    kl_heatmap_loss,
+)
 from vertseg.training.losses.segmentation import deep_supervision_loss, dice_bce
 
 __all__ = [
+    "class_competition_loss",
     "class_frequency_weights",
     "cls_consistency_loss",
     "combine_identification",

@@ -13,6 +13,7 @@ from vertseg.training.config import TrainConfig
 from vertseg.training.ema import EMATeacher
 from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
 from vertseg.training.losses import (
+    class_competition_loss,
     cls_consistency_loss,
     combine_identification,
     deep_supervision_loss,
@@ -90,6 +91,10 @@ def supervised_loss(output: SegIdOutput, batch: dict[str, torch.Tensor], config:
     inst = instance_dice_loss(output.identification, batch["labels"], loss_cfg.eps)
     ident, w_kl, w_inst = combine_identification(kl, inst, loss_cfg.id_reweighting)
     logs.update({f"{prefix}loss_kl": float(kl.detach()), f"{prefix}loss_inst": float(inst.detach()), f"{prefix}w_kl": w_kl, f"{prefix}w_inst": w_inst})
+    if loss_cfg.id_ce_weight > 0:
+        ce = class_competition_loss(output.identification, batch["labels"], loss_cfg.id_ce_background_weight)
+        logs[f"{prefix}loss_id_ce"] = float(ce.detach())
+        ident = ident + loss_cfg.id_ce_weight * ce
     return seg + loss_cfg.alpha_cls * ident
 
 

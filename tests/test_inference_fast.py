@@ -1,0 +1,157 @@
+"""`--fast` (the network on a 2x coarser grid), the per-case stage line and the per-case window bar."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress
+
+from vertseg.config import build_config
+from vertseg.inference.cases import collect_jobs
+from vertseg.inference.config import FAST_OVERRIDES
+from vertseg.inference.localisation import block_mean
+from vertseg.inference.model_loading import resolve_device
+from vertseg.inference.predictor import Predictor, upsample_prediction
+from vertseg.inference.sliding_window import WindowPrediction
+from vertseg.inference.progress import CaseWindows
+from vertseg.inference.runner import STEPS, predict_job, stage_line
+
+TINY = {
+    "model": {"base_width": 2, "bottleneck": "none", "cbam_placement": "none"},
+    "data": {"patch_size": [16, 16, 16]},
+    "inference": {"overlap": 0.5, "window_batch_size": 4, "min_fragment_ml": 0.1, "localisation": "none"},
+}
+LEVELS = {22: 400.0, 23: 700.0, 24: 1000.0}  # VerSe L3, L4, L5, each with its own HU
+
+
+class LevelOracle(torch.nn.Module):
+    """A 'perfect' network at any scale: bone above 200 HU, its level named by its HU. Records its window shapes."""
+
+    def __init__(self, seen: list | None = None) -> None:
+        super().__init__()
+        self.seen = seen if seen is not None else []
+
+    def forward(self, x):
+        from vertseg.model.output import SegIdOutput
+
+        self.seen += [tuple(x.shape[2:])] * x.shape[0]
+
+        hu = x * 2000.0 - 500.0  # inverse of the default [-500, 1500] window
+        nearest = torch.argmin((hu[..., None] - torch.tensor(list(LEVELS.values()))).abs(), dim=-1)
+        classes = torch.where(hu > 200.0, torch.tensor(list(LEVELS))[nearest], 0)
+        onehot = F.one_hot(classes[:, 0], 25).permute(0, 4, 1, 2, 3).float()
+        seg = torch.where(hu > 200.0, 8.0, -8.0)
+        return SegIdOutput([seg, seg, seg], torch.log(F.avg_pool3d(onehot, 4) + 1e-4))
+
+
+def _levels_phantom(path: Path) -> np.ndarray:
+    """L3-L5 (10 mm tall, 16 mm wide) in an L-A-S grid of 0.9 x 0.8 x 1.5 mm; returns the true labels (x, y, z)."""
+    shape = (48, 44, 40)
+    i, j, k = np.indices(shape)
+    hu = np.full(shape, -1000.0)
+    hu[((i - 24) / 22) ** 2 + ((j - 22) / 20) ** 2 < 1] = 30.0
+    labels = np.zeros(shape, np.uint8)
+    column = ((i - 24) * 0.9) ** 2 + ((j - 16) * 0.8) ** 2 < 8.0**2
+    for n, label in enumerate((24, 23, 22)):  # z increases superiorly: L5 at the bottom
+        labels[column & (k >= 1 + 13 * n) & (k < 11 + 13 * n)] = label
+    for label, value in LEVELS.items():
+        hu[labels == label] = value
+    affine = np.array([[-0.9, 0, 0, 20.0], [0, 0.8, 0, -15.0], [0, 0, 1.5, 100.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(hu.astype(np.int16), affine), str(path))
+    return labels
+
+
+def _predict(tmp_path: Path, overrides: list[str], name: str, seen: list | None = None) -> tuple[dict, np.ndarray]:
+    predictor = Predictor(LevelOracle(seen), build_config(TINY, overrides), "cpu")
+    record = predict_job(predictor, collect_jobs([tmp_path / "levels.nii.gz"])[0], tmp_path / name)
+    assert record["status"] == "ok", record.get("traceback")
+    seg = nib.load(str(tmp_path / name / "levels" / "levels_seg.nii.gz"))
+    assert seg.shape == (48, 44, 40)
+    np.testing.assert_allclose(seg.affine, nib.load(str(tmp_path / "levels.nii.gz")).affine, atol=1e-4)
+    return record, np.asarray(seg.dataobj)
+
+
+def test_fast_runs_the_network_on_a_2x_coarser_grid_and_writes_on_the_original_one(tmp_path):
+    truth = _levels_phantom(tmp_path / "levels.nii.gz")
+    full, _ = _predict(tmp_path, [], "full")
+    seen: list[tuple[int, ...]] = []
+    fast, seg = _predict(tmp_path, [*FAST_OVERRIDES], "fast", seen)
+    assert fast["vertebrae"] == full["vertebrae"] == ["L3", "L4", "L5"]
+    assert fast["spine_box"]["method"] == "bone"
+    box = np.array(fast["spine_box"]["stop_zyx"]) - fast["spine_box"]["start_zyx"]
+    assert box[0] >= 58  # the box is on the 1 mm store frame (about 60 x 35 x 43 voxels) ...
+    assert len(seen) == fast["windows"] < full["windows"] and set(seen) == {(16, 16, 16)}  # ... the network on 2 mm
+    for label in LEVELS:
+        true_mask, pred_mask = truth == label, seg == label
+        dice = 2 * np.count_nonzero(true_mask & pred_mask) / (true_mask.sum() + pred_mask.sum())
+        assert dice > 0.8, (label, dice)  # 10 mm vertebrae seen through 2 mm voxels, probabilities interpolated back
+    line = stage_line(fast)
+    assert line.startswith("levels: ") and line.endswith(f"({fast['windows']} windows)")
+    for step in STEPS:
+        assert f"{step} {fast['seconds'][step]:.1f}" in line
+    assert f"total {fast['seconds']['total']:.1f} s" in line
+
+
+def test_upsampling_restores_the_grid_and_is_exact_for_linear_maps():
+    z, y, x = np.meshgrid(np.arange(24.0), np.arange(16.0), np.arange(16.0), indexing="ij")
+    fg = (0.01 * z + 0.02 * y + 0.03 * x).astype(np.float32)  # linear: block means and trilinear agree inside
+    low = block_mean(fg, 8)  # the 1/4 grid of the 2x coarser grid
+    coarse = WindowPrediction(block_mean(fg, 2), np.stack([1 - low, low]).astype(np.float16), windows=3)
+    out = upsample_prediction(coarse, (23, 15, 13), 2)  # the box was cropped to a multiple of the factor
+    assert out.fg_prob.shape == (23, 15, 13) and out.windows == 3 and out.id_prob.dtype == np.float16
+    np.testing.assert_allclose(out.fg_prob[1:-1, 1:-1, 1:-1], fg[1:22, 1:14, 1:12], atol=1e-5)
+    assert out.id_prob.shape == (2, 6, 4, 4)  # ceil(shape / 4) of the fine box
+    np.testing.assert_allclose(out.id_prob.astype(np.float32).sum(axis=0), 1.0, atol=2e-3)
+    np.testing.assert_allclose(out.id_prob[1, 1:-1, 1:-1, 1:-1], block_mean(fg, 4)[1:-1, 1:-1, 1:-1], atol=2e-3)
+
+
+def test_mps_is_refused_where_there_is_none():
+    with pytest.raises(ValueError, match="mps"):
+        resolve_device("mps")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_window_bar_lives_for_one_case_and_only_on_a_terminal():
+    terminal = Progress(console=Console(file=io.StringIO(), force_terminal=True))
+    bar = CaseWindows(terminal)
+    bar.update(0, 12)
+    bar.update(4, 12)
+    (task,) = terminal.tasks
+    assert (task.completed, task.total) == (4, 12)
+    bar.finish()
+    assert terminal.tasks == []
+    bar.update(1, 3)  # the next case gets a fresh bar
+    assert [(t.completed, t.total) for t in terminal.tasks] == [(1, 3)]
+
+    piped = Progress(console=Console(file=io.StringIO(), force_terminal=False))
+    silent = CaseWindows(piped)
+    silent.update(2, 5)
+    assert piped.tasks == []
+    silent.finish()
+
+
+def test_cli_fast_prints_one_stage_line_per_case(tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from vertseg.cli.main import app
+
+    _levels_phantom(tmp_path / "levels.nii.gz")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "model": {**TINY["model"], "identification_branch": False}}))
+    result = CliRunner().invoke(app, ["predict", "-i", str(tmp_path / "levels.nii.gz"), "-o", str(tmp_path / "out"),
+                                      "--random-weights", "--config", str(config), "--fast", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "summary.json").read_text())["records"][0]
+    assert record["spine_box"]["method"] in ("bone", "none (no spine found)")  # --fast names the bone heuristic
+    lines = [line for line in result.output.splitlines() if line.startswith("levels: load ")]
+    assert len(lines) == 1 and f"({record['windows']} windows)" in lines[0]
