@@ -49,11 +49,13 @@ def test_verdict_pairs_seeds_and_says_when_proposed_does_not_win():
     text = verdict(losing)
     assert "`proposed` does not beat `fsl`" in text and "better on 0/3 seeds" in text
     winning = [_outcome("fsl", s, 0.6) for s in range(3)] + [_outcome("proposed", s, 0.7) for s in range(3)]
-    assert "Dice: `proposed` beats `fsl`: paired difference +10.0 ± 0.0 points, better on 3/3" in verdict(winning)
+    assert ("Dice: `proposed` beats `fsl`: paired difference +10.0 points (sample std 0.0, standard error 0.0), "
+            "better on 3/3") in verdict(winning)
     noisy = [_outcome("fsl", s, 0.6) for s in range(3)] + [_outcome("proposed", s, d) for s, d in enumerate((0.61, 0.62, 0.4))]
     assert "`proposed` does not beat `fsl`" in verdict(noisy)  # mean below zero
     close = [_outcome("fsl", s, 0.6) for s in range(3)] + [_outcome("proposed", s, d) for s, d in enumerate((0.61, 0.62, 0.59))]
-    assert "Dice: `proposed` is within noise (2 standard errors) of `fsl`: paired difference +0.7 ± 1.5" in verdict(close)
+    assert ("Dice: `proposed` is within noise (2 standard errors) of `fsl`: paired difference +0.7 points "
+            "(sample std 1.5, standard error 0.9)") in verdict(close)
     body = render(winning, ["fsl", "proposed"], PhantomPools(8, 2, 0, 4), ["x=1"], 60.0)
     assert "| proposed | 3 | 70.0 ± 0.0 |" in body and "| fsl | 3 | 60.0 ± 0.0 |" in body
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def _levels_phantom(path: Path) -> np.ndarray:
 
 
 def _predict(tmp_path: Path, overrides: list[str], name: str, seen: list | None = None) -> tuple[dict, np.ndarray]:
-    predictor = Predictor(LevelOracle(seen), build_config(TINY, overrides), "cpu")
+    predictor = Predictor(LevelOracle(seen), build_config(copy.deepcopy(TINY), overrides), "cpu")
     record = predict_job(predictor, collect_jobs([tmp_path / "levels.nii.gz"])[0], tmp_path / name)
     assert record["status"] == "ok", record.get("traceback")
     seg = nib.load(str(tmp_path / name / "levels" / "levels_seg.nii.gz"))
@@ -78,13 +79,12 @@ def _predict(tmp_path: Path, overrides: list[str], name: str, seen: list | None 
     return record, np.asarray(seg.dataobj)
 
 
-def test_fast_runs_the_network_on_a_2x_coarser_grid_and_writes_on_the_original_one(tmp_path):
+def test_coarser_windows_run_the_network_on_a_2x_coarser_grid_and_write_on_the_original_one(tmp_path):
     truth = _levels_phantom(tmp_path / "levels.nii.gz")
     full, _ = _predict(tmp_path, [], "full")
     seen: list[tuple[int, ...]] = []
-    fast, seg = _predict(tmp_path, [*FAST_OVERRIDES], "fast", seen)
+    fast, seg = _predict(tmp_path, ["inference.window_downsample=2"], "fast", seen)
     assert fast["vertebrae"] == full["vertebrae"] == ["L3", "L4", "L5"]
-    assert fast["spine_box"]["method"] == "bone"
     box = np.array(fast["spine_box"]["stop_zyx"]) - fast["spine_box"]["start_zyx"]
     assert box[0] >= 58  # the box is on the 1 mm store frame (about 60 x 35 x 43 voxels) ...
     assert len(seen) == fast["windows"] < full["windows"] and set(seen) == {(16, 16, 16)}  # ... the network on 2 mm
@@ -97,6 +97,16 @@ def test_fast_runs_the_network_on_a_2x_coarser_grid_and_writes_on_the_original_o
     for step in STEPS:
         assert f"{step} {fast['seconds'][step]:.1f}" in line
     assert f"total {fast['seconds']['total']:.1f} s" in line
+
+
+def test_fast_means_fewer_windows_on_the_bone_box_with_the_same_labels(tmp_path):
+    _levels_phantom(tmp_path / "levels.nii.gz")
+    full, full_seg = _predict(tmp_path, ["inference.localisation=bone"], "full")  # TINY alone: no localisation
+    fast, fast_seg = _predict(tmp_path, [*FAST_OVERRIDES], "fast")
+    assert fast["spine_box"] == full["spine_box"] and fast["spine_box"]["method"] == "bone"
+    assert fast["windows"] < full["windows"]  # overlap 0.25 instead of TINY's 0.5
+    assert fast["vertebrae"] == full["vertebrae"] == ["L3", "L4", "L5"]
+    np.testing.assert_array_equal(fast_seg, full_seg)  # a pointwise network: fewer windows lose nothing
 
 
 def test_upsampling_restores_the_grid_and_is_exact_for_linear_maps():

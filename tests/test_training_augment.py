@@ -54,9 +54,10 @@ def test_rotation_keeps_image_mask_labels_and_centroids_aligned():
 
 def test_weak_sampling_follows_table_probabilities():
     gen = torch.Generator().manual_seed(0)
-    params = sample_weak(20000, AugmentConfig(), gen, torch.device("cpu"))
+    params = sample_weak(20000, AugmentConfig(flip_z_p=0.25), gen, torch.device("cpu"))  # Table A2's Z rate
     rates = params.flips.float().mean(0)
     assert rates[0] == pytest.approx(0.25, abs=0.02) and rates[1:].sub(0.5).abs().max() < 0.02
+    assert not sample_weak(2000, AugmentConfig(), gen, torch.device("cpu")).flips[:, 0].any()  # default: no Z flip
     assert params.angle.abs().max() <= math.radians(22.5)
 
 

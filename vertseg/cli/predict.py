@@ -93,7 +93,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "verse", "--labels", help="Numbering of the written labelmap: verse (1-28) | totalseg (TotalSegmentator v2 ids)."
         ),
         fast: bool = typer.Option(
-            False, "--fast", help="Faster, coarser inference (inference.FAST_OVERRIDES: 2x coarser grid, bone localisation)."
+            False, "--fast", help="Faster inference (inference.FAST_OVERRIDES: window overlap 0.25, bone localisation)."
         ),
         tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (inference.mirror_axes)."),
         use_ray: bool = typer.Option(False, "--ray", help="Run cases in parallel on Ray (joins RAY_ADDRESS when set)."),

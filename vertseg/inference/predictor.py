@@ -1,7 +1,7 @@
 """One loaded network applied to whole store-frame volumes: localise the spine, then sliding-window inference.
 
 Built once and reused for every case of a batch (or once per Ray actor). With `inference.window_downsample` > 1
-(`--fast`) the network sees the box block-averaged onto a coarser grid and its probabilities are interpolated back
+the network sees the box block-averaged onto a coarser grid and its probabilities are interpolated back
 (trilinear), so post-processing and every output keep the store grid: thresholding a smooth probability keeps
 boundaries finer than upsampling coarse labels would.
 """

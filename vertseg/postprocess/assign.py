@@ -39,7 +39,7 @@ class PostprocessSettings:
     peak_threshold: float = 0.1
     seeds: Literal["sequence", "peaks"] = "sequence"
     seed_regions: bool = True
-    none_state: bool = True
+    none_state: bool = False
     split_merged: bool = True
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"
     gap_aware: bool = False
@@ -260,7 +260,8 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         if settings.seeds == "sequence":
             seeds, groups = level_seeds(coords, map_index, maps_flat, cc.shape[0], protocol, spacing,
                                         settings.allow_l6, settings.allow_t13, min_piece,
-                                        regions=settings.seed_regions and settings.split_metric == "geodesic")
+                                        regions=settings.seed_regions and settings.split_metric == "geodesic",
+                                        background=settings.none_state)
         else:
             seeds = peak_seeds(coords, map_index, maps_flat[1:], settings.peak_threshold)
             groups = np.arange(seeds.shape[0])

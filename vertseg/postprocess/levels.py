@@ -46,15 +46,16 @@ def slice_evidence(z: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray, 
     return mean
 
 
-def level_path(evidence: np.ndarray, chain: LabelChain, slice_mm: float, transitional_prior: float = 0.1
-               ) -> np.ndarray:
+def level_path(evidence: np.ndarray, chain: LabelChain, slice_mm: float, transitional_prior: float = 0.1,
+               background: bool = True) -> np.ndarray:
     """Most probable state per slice: -1 above the spine, i = index into `chain.states`, len(states) below it.
 
     `evidence`: (Z, 1 + K) per-slice class probabilities, column 0 the background ("not a vertebra"), columns
     1..K the protocol classes (`slice_evidence` of the full maps); NaN rows (no mask) favour no state. Each row is
     renormalised, so maps of any scale (softmax outputs, sum-1 heatmaps) compete on equal terms. The background pays
     the decoder's `NONE_PRIOR`: on the coarse grid every cell at a vertebra's edge is mostly air, so the background
-    share of a vertebra's slice is often above its class's share."""
+    share of a vertebra's slice is often above its class's share. Without `background`, slices with mask are never
+    "not a vertebra" (the states then only cover the empty slices beyond the spine)."""
     n_levels = len(chain.states)
     rows = np.nan_to_num(evidence, nan=0.0)
     total = rows.sum(axis=1, keepdims=True)
@@ -63,7 +64,8 @@ def level_path(evidence: np.ndarray, chain: LabelChain, slice_mm: float, transit
     observed = total[:, 0] > 0
     log_rows = np.log(rows[observed] + _EPS)
     emit[observed, 1:-1] = log_rows[:, np.asarray(chain.score_class)]
-    emit[observed, 0] = emit[observed, -1] = log_rows[:, 0] + np.log(NONE_PRIOR)
+    none = log_rows[:, 0] + np.log(NONE_PRIOR) if background else np.log(_EPS) * 3
+    emit[observed, 0] = emit[observed, -1] = none
     return viterbi(emit, _slice_transitions(chain, slice_mm, transitional_prior))[0] - 1
 
 
@@ -88,7 +90,7 @@ def _slice_transitions(chain: LabelChain, slice_mm: float, transitional_prior: f
 
 def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray, n_slices: int,
                 protocol: Protocol, spacing, allow_l6: bool = False, allow_t13: bool = False,
-                min_voxels: int = 1, regions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                min_voxels: int = 1, regions: bool = True, background: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Seeds (M, 3) in the voxel coordinates of `coords` and the level (index of the chain) each stands for.
 
     `coords`: (N, 3) mask voxel indices (z first), `map_index`: their class-map cells, `maps_flat`: (1 + K, cells)
@@ -98,10 +100,12 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
     regions keep a long spinous process, which a geodesic split from one body point hands to the vertebra below,
     with its own level (oracle maps at 3 mm, 82 vertebrae: worst IoU with the truth 0.59 from single points, 0.78
     from these regions; 0.38 from every voxel of the run). A level whose run holds fewer than `min_voxels` mask
-    voxels gives no seed (its voxels join a neighbour and the decoder still names the rest)."""
+    voxels gives no seed (its voxels join a neighbour and the decoder still names the rest). `background`: whether
+    the background channel may call slices "not a vertebra" (`inference.none_state`)."""
     chain = LabelChain.build(protocol, allow_l6, allow_t13)
     z = coords[:, 0].astype(np.int64)
-    path = level_path(slice_evidence(z, map_index, maps_flat, n_slices), chain, float(np.asarray(spacing)[0]))
+    path = level_path(slice_evidence(z, map_index, maps_flat, n_slices), chain, float(np.asarray(spacing)[0]),
+                      background=background)
     state = path[z]
     spacing = np.asarray(spacing, dtype=np.float64)
     winner = np.argmax(maps_flat[1:], axis=0) + 1

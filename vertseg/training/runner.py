@@ -135,6 +135,9 @@ def epoch_line(result: EpochResult, epochs: int, is_best: bool) -> str:
         parts.append(f"pass seg/cls {m['pass_seg']:.2f}/{m.get('pass_cls', 0):.2f}")
     if result.validated:
         parts.append(f"val dice {m['val_dice']:.3f}" + (f" id {m['val_id_acc']:.3f}" if "val_id_acc" in m else ""))
+        if "val_volume_dice" in m:
+            parts.append(f"volumes dice {m['val_volume_dice']:.3f} acc_id {m['val_volume_id_acc']:.3f} "
+                         f"id_rate {m['val_volume_id_rate']:.3f}")
     parts.append(f"{m.get('samples_per_s', 0):.1f} samples/s")
     if is_best:
         parts.append("*best*")
