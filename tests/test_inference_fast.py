@@ -9,8 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
@@ -23,50 +21,26 @@ from vertseg.inference.predictor import Predictor, upsample_prediction
 from vertseg.inference.sliding_window import WindowPrediction
 from vertseg.inference.progress import CaseWindows
 from vertseg.inference.runner import STEPS, predict_job, stage_line
+from test_inference_predict import OracleNet, _levels_phantom
 
 TINY = {
     "model": {"base_width": 2, "bottleneck": "none", "cbam_placement": "none"},
     "data": {"patch_size": [16, 16, 16]},
     "inference": {"overlap": 0.5, "window_batch_size": 4, "min_fragment_ml": 0.1, "localisation": "none"},
 }
-LEVELS = {22: 400.0, 23: 700.0, 24: 1000.0}  # VerSe L3, L4, L5, each with its own HU
+LEVELS = OracleNet.LEVELS
 
 
-class LevelOracle(torch.nn.Module):
-    """A 'perfect' network at any scale: bone above 200 HU, its level named by its HU. Records its window shapes."""
+class LevelOracle(OracleNet):
+    """`OracleNet` (bone above 200 HU, its level named by its HU) that also records the window shapes it sees."""
 
     def __init__(self, seen: list | None = None) -> None:
         super().__init__()
         self.seen = seen if seen is not None else []
 
     def forward(self, x):
-        from vertseg.model.output import SegIdOutput
-
         self.seen += [tuple(x.shape[2:])] * x.shape[0]
-
-        hu = x * 2000.0 - 500.0  # inverse of the default [-500, 1500] window
-        nearest = torch.argmin((hu[..., None] - torch.tensor(list(LEVELS.values()))).abs(), dim=-1)
-        classes = torch.where(hu > 200.0, torch.tensor(list(LEVELS))[nearest], 0)
-        onehot = F.one_hot(classes[:, 0], 25).permute(0, 4, 1, 2, 3).float()
-        seg = torch.where(hu > 200.0, 8.0, -8.0)
-        return SegIdOutput([seg, seg, seg], torch.log(F.avg_pool3d(onehot, 4) + 1e-4))
-
-
-def _levels_phantom(path: Path) -> np.ndarray:
-    """L3-L5 (10 mm tall, 16 mm wide) in an L-A-S grid of 0.9 x 0.8 x 1.5 mm; returns the true labels (x, y, z)."""
-    shape = (48, 44, 40)
-    i, j, k = np.indices(shape)
-    hu = np.full(shape, -1000.0)
-    hu[((i - 24) / 22) ** 2 + ((j - 22) / 20) ** 2 < 1] = 30.0
-    labels = np.zeros(shape, np.uint8)
-    column = ((i - 24) * 0.9) ** 2 + ((j - 16) * 0.8) ** 2 < 8.0**2
-    for n, label in enumerate((24, 23, 22)):  # z increases superiorly: L5 at the bottom
-        labels[column & (k >= 1 + 13 * n) & (k < 11 + 13 * n)] = label
-    for label, value in LEVELS.items():
-        hu[labels == label] = value
-    affine = np.array([[-0.9, 0, 0, 20.0], [0, 0.8, 0, -15.0], [0, 0, 1.5, 100.0], [0, 0, 0, 1]])
-    nib.save(nib.Nifti1Image(hu.astype(np.int16), affine), str(path))
-    return labels
+        return super().forward(x)
 
 
 def _predict(tmp_path: Path, overrides: list[str], name: str, seen: list | None = None) -> tuple[dict, np.ndarray]:
