@@ -164,7 +164,7 @@ def stage_train(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     try:
         result = run_training(ctx.config, Path(ctx.results["preprocess"]["store"]), None, num_workers=ctx.workers,
                               use_gpu=False, run_name=run_name, storage_path=ctx.runs_dir, mlflow_uri=None, resume=resume,
-                              volume_validation=partial(volume_validator, Path(ctx.results["preprocess"]["store"])))
+                              volume_validation=partial(volume_validator, Path(ctx.results["preprocess"]["store"]).resolve()))
     finally:
         stop.set()
         watcher.join()

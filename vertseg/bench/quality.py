@@ -207,7 +207,7 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
     start = time.perf_counter()
     result = run_training(config, store, None, num_workers=0, use_gpu=torch.cuda.is_available(), run_name=name,
                           storage_path=runs, mlflow_uri="none", resume=(runs / name / "checkpoints" / "latest.pt").exists(),
-                          volume_validation=partial(volume_validator, store))
+                          volume_validation=partial(volume_validator, Path(store).resolve()))
     train_seconds = time.perf_counter() - start
     if result.interrupted:
         raise RuntimeError(f"{name}: training was interrupted; rerun the benchmark to resume it")

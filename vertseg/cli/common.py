@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -10,9 +11,18 @@ from rich.console import Console
 from vertseg.config import ConfigError, VertsegConfig, load_config
 
 
+LOG_WIDTH = 160
+
+
 class MessageConsole(Console):
     """Rich's console, wrapping text at the terminal's width only on a terminal. Piped or redirected (scripts, CI
-    logs, test runners) a message stays on one line however long the paths it names, so grep finds it whole."""
+    logs, test runners) a message stays on one line however long the paths it names, so grep finds it whole, and
+    tables get `LOG_WIDTH` columns instead of 80 so their headers stay whole."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not self.is_terminal and "COLUMNS" not in os.environ:
+            self.width = LOG_WIDTH
 
     def print(self, *objects, soft_wrap: bool | None = None, **kwargs) -> None:
         super().print(*objects, soft_wrap=not self.is_terminal if soft_wrap is None else soft_wrap, **kwargs)

@@ -70,7 +70,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         try:
             result = run_training(settings, store, unlabeled, num_workers=workers, use_gpu=use_gpu, run_name=run_name,
                                   storage_path=out, mlflow_uri=mlflow_uri, resume="auto" if auto_resume else resume,
-                                  init_from=init_from, volume_validation=partial(volume_validator, store))
+                                  init_from=init_from, volume_validation=partial(volume_validator, Path(store).resolve()))
         except (RunExistsError, RunMismatchError, FileNotFoundError, CheckpointError, ValueError) as error:
             raise fail(str(error)) from None
         state = "stopped (resume with --resume)" if result.interrupted else "finished"

@@ -155,7 +155,10 @@ def evaluate_predictor(predictor: "Predictor", store: Path, split: str = "test",
     if not cases:
         raise HoldoutError(f"store {store}: every case of split {split!r} failed: {failed}")
     metrics, summary = flat_metrics(cases, split)
-    summary.update(split=split, store=str(store), failed=failed, settings=dict(settings.__dict__))
+    from vertseg.evaluation.runner import headline
+
+    summary.update(split=split, store=str(store), failed=failed, settings=dict(settings.__dict__),
+                   headline=headline(len(cases), 0, 0) + (f"; {len(failed)} cases failed to predict" if failed else ""))
     rows = [{"split": split, **c.row()} for c in cases]
     result = HoldoutResult(split, metrics, rows, summary, cases, failed)
     if out_dir is not None:

@@ -87,7 +87,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         mlflow_parent_run_id=context.parent_run_id,
         resume=has_checkpoint(context.storage / name),
         report_to_tune=True,
-        volume_validation=partial(volume_validator, context.store),
+        volume_validation=partial(volume_validator, Path(context.store).resolve()),
     )
     if getattr(result, "interrupted", False):
         raise RuntimeError(f"trial {trial.key}: training was stopped before its last epoch; resume the sweep")
