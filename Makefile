@@ -19,10 +19,10 @@ demo: venv
 	$(BIN)/vertseg demo --out demo-run
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 clean:
 	rm -rf demo-run .pytest_cache

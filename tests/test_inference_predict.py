@@ -152,6 +152,15 @@ def test_checkpoint_uses_teacher_weights_and_refuses_network_changes(tmp_path):
     torch.save({"student": student}, tmp_path / "noconfig.pt")
     with pytest.raises(CheckpointError, match="config"):
         load_model(tmp_path / "noconfig.pt")
+    older = config.model_dump(mode="json")
+    older["inference"]["spacing_factor"] = 1.0  # a setting an older vertseg saved and this one no longer has
+    torch.save({"config": older, "teacher": teacher}, tmp_path / "older.pt")
+    with pytest.warns(UserWarning, match="spacing_factor"):
+        load_model(tmp_path / "older.pt")
+    older["model"]["retired_width"] = 4  # the network sections stay strict
+    torch.save({"config": older, "teacher": teacher}, tmp_path / "older_model.pt")
+    with pytest.raises(CheckpointError, match="retired_width"):
+        load_model(tmp_path / "older_model.pt")
 
     phantom = _phantom_nifti(tmp_path / "phantom.nii.gz")
     result = CliRunner().invoke(app, ["predict", str(phantom), "--checkpoint", str(path), "--out", str(tmp_path / "out"),

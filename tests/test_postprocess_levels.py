@@ -7,7 +7,7 @@ import pytest
 
 from vertseg.labels import C1_L5
 from vertseg.postprocess import PostprocessSettings, decode_dp, labelmap_from_predictions
-from vertseg.postprocess.levels import level_path, level_seeds, slice_evidence
+from vertseg.postprocess.levels import core_seeds, cores_with_levels, level_path, level_seeds, slice_evidence
 from vertseg.postprocess.sequence import LabelChain
 
 CHAIN = LabelChain.build(C1_L5)
@@ -103,3 +103,67 @@ def test_decoder_names_a_sacrum_not_a_vertebra_instead_of_shifting_the_spine():
     decoded = decode_dp(probs, C1_L5, background=background)
     assert decoded.labels.tolist() == [21, 22, 23, 24, 0]
     assert decoded.confidence[-1] == 0.0
+
+
+def _bodies(n: int, *, vessel: bool = False, fragment: bool = False):
+    """`n` thick vertebral bodies (8 slices x 10 x 10 voxels at 3 mm) joined by 4 x 4 necks (discs, facets), one
+    touching column; class maps that name nothing but the lowest body (L5), as an undertrained network's do.
+    Optional: a tall separate column (a contrast-filled vessel) and a small separate blob beside the spine."""
+    z = n * 10
+    labels = np.zeros((z, 14, 26), np.uint8)
+    for i in range(n):
+        labels[i * 10:i * 10 + 8, 2:12, 2:12] = 20 + i
+        labels[i * 10 + 8:i * 10 + 10, 5:9, 5:9] = 20 + i
+    fg = (labels > 0).astype(np.float32)
+    if vessel:
+        fg[2:z - 2, 2:12, 15:25] = 1.0
+    if fragment:
+        fg[12:15, 16:19, 16:19] = 1.0
+    maps = np.full((25, -(-z // 4), 4, 7), 1.0 / 25, np.float32)
+    maps[:, -2:] = 0.02 / 24
+    maps[24, -2:] = 0.9
+    maps[0, -2:] = 0.08
+    return labels, fg, maps
+
+
+CORES = PostprocessSettings(seeds="cores", min_fragment_ml=0.1, min_vertebra_ml=1.0)
+
+
+def test_cores_count_touching_vertebrae_that_the_class_maps_do_not_tell_apart():
+    labels, fg, maps = _bodies(5)
+    labelmap, records = labelmap_from_predictions(fg, maps, (3.0, 3.0, 3.0), CORES)
+    assert [r.label for r in records] == [20, 21, 22, 23, 24]
+    assert (labelmap == labels).mean() > 0.97  # only the necks may go to either neighbour
+    _, by_sequence = labelmap_from_predictions(fg, maps, (3.0, 3.0, 3.0),
+                                               PostprocessSettings(seeds="sequence", min_fragment_ml=0.1, min_vertebra_ml=1.0))
+    assert len(by_sequence) < 5  # flat evidence: the slice model alone merges levels
+
+
+def test_core_seeds_are_inside_the_mask_one_group_per_body():
+    labels, _, _ = _bodies(4)
+    coords = np.argwhere(labels > 0).astype(float)
+    seeds, groups, not_bodies = core_seeds(coords, (3.0, 3.0, 3.0), dynamic_mm=3.0, floor_mm=4.5)
+    assert not_bodies.size == 0
+    assert np.unique(groups).size == 4
+    for g in np.unique(groups):
+        assert np.unique(labels[tuple(seeds[groups == g].astype(int).T)]).size == 1
+
+
+def test_a_tall_column_and_a_stray_blob_take_no_level():
+    labels, fg, maps = _bodies(5, vessel=True, fragment=True)
+    labelmap, records = labelmap_from_predictions(fg, maps, (3.0, 3.0, 3.0), CORES)
+    assert [r.label for r in records] == [20, 21, 22, 23, 24]
+    assert not labelmap[:, :, 14:].any()  # neither the vessel nor the blob is labelled
+    assert (labelmap[:, :, :14] == labels[:, :, :14]).mean() > 0.97
+
+
+def test_level_seeds_shape_their_core_or_stand_in_for_a_missing_one():
+    core = (np.array([[10.0, 1, 1], [20.0, 1, 1], [24.0, 1, 1]]), np.array([0, 1, 2]))
+    # level 4 spans slices 9-11 (one core: lends its seeds, but not the one in another component), level 5 spans
+    # 19-25 (two cores: its seeds are dropped), level 6 spans 30-31 (no core: its own group)
+    level = (np.array([[9.0, 2, 2], [11.0, 2, 3], [10.0, 5, 5], [19.0, 1, 2], [25.0, 1, 2], [30.0, 1, 1], [31.0, 1, 2]]),
+             np.array([4, 4, 4, 5, 5, 6, 6]))
+    component = np.array([1, 1, 1, 1, 1, 2, 1, 1, 1, 1])
+    seeds, groups = cores_with_levels(core, level, component)
+    assert seeds.tolist() == [[10, 1, 1], [20, 1, 1], [24, 1, 1], [9, 2, 2], [11, 2, 3], [30, 1, 1], [31, 1, 2]]
+    assert groups.tolist() == [0, 1, 2, 0, 0, 3, 3]

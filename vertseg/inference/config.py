@@ -24,9 +24,11 @@ class InferenceConfig(ConfigModel):
     allow_t13: bool = False
     min_vertebra_ml: float = Field(2.0, ge=0)  # a touching-vertebrae component is split only into pieces this big
     peak_threshold: float = Field(0.1, ge=0, le=1)  # seeds=peaks: a class whose map never reaches this gives no seed
-    seeds: Literal["sequence", "peaks"] = "sequence"  # split seeds: per-slice level sequence model, or class peaks (section 2.6)
+    seeds: Literal["cores", "sequence", "peaks"] = "cores"  # split seeds: mask cores + level sequence model, the model alone, or class peaks (section 2.6)
+    core_dynamic_mm: float = Field(3.0, gt=0)  # seeds=cores: a core rises this far above the depth where it joins another
+    core_floor_mm: float = Field(4.5, ge=0)  # seeds=cores: the mask is eroded no shallower than this
     seed_regions: bool = True  # seeds=sequence: seed each level's inner slices where it wins the class map, not one point
-    none_state: bool = False  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
+    none_state: bool = True  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
     split_merged: bool = True  # split components holding several centroids along nearest-centroid regions
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"  # nearest centroid through the mask, or straight line
     gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)

@@ -6,6 +6,7 @@ read with `weights_only=True`, so only tensors and plain containers are accepted
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from vertseg.config import ConfigError, VertsegConfig, build_config
+from vertseg.inference.config import InferenceConfig
 from vertseg.model import build_model
 
 # Fallback order when a checkpoint does not name the weights its training validated: EMA teacher first (2.4.3).
@@ -45,6 +47,7 @@ def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list
         raw = yaml.safe_load(payload["config_yaml"])
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {path} has no 'config' dict; it was not written by vertseg train")
+    raw = _without_retired_inference_keys(raw, path)
     try:
         config = build_config(raw, overrides, f"{path} (config)")
     except ConfigError as error:
@@ -53,6 +56,20 @@ def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list
     if config.model != trained:
         raise CheckpointError(f"checkpoint {path}: --set may not change model.* (the weights fix the network)")
     return config
+
+
+def _without_retired_inference_keys(raw: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """Inference settings saved by an older vertseg that this one no longer has are dropped with a warning: they
+    only chose post-processing defaults, while the weights, data and model sections still load strictly."""
+    section = raw.get("inference")
+    if not isinstance(section, dict):
+        return raw
+    retired = sorted(set(section) - set(InferenceConfig.model_fields))
+    if not retired:
+        return raw
+    warnings.warn(f"checkpoint {path}: ignoring inference settings this vertseg no longer has: {', '.join(retired)}",
+                  stacklevel=3)
+    return {**raw, "inference": {key: value for key, value in section.items() if key not in retired}}
 
 
 def state_dict_of(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:

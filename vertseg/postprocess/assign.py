@@ -1,12 +1,14 @@
 """Section 2.6 post-processing: network outputs -> VerSe labelmap + per-vertebra table.
 
 Steps: threshold the foreground (0.5); 3D connected components without small fragments are the vertebra
-candidates; one seed per vertebra level, always inside the mask (`seeds`: from a cranio-caudal sequence model over
-per-slice class evidence, `levels.py`, default; or per-class peaks snapped into the mask, the paper's "per-class
-peak locations"); a component holding several seeds (touching vertebrae) is split by nearest seed - through the
-mask (geodesic, default) or in a straight line (Euclidean, the paper's wording); each candidate's class
-probabilities are the mean of the class maps over its voxels; candidates sorted cranio-caudally are labelled by a
-sequence decoder (`sequence.py`) that may call the ends of the sequence "not a vertebra".
+candidates; seeds, always inside the mask (`seeds`: the mask's cores, which count vertebrae whatever the class maps
+say, shaped by a cranio-caudal sequence model over per-slice class evidence, `levels.py`, default; the sequence
+model alone; or per-class peaks snapped into the mask, the paper's "per-class peak locations"); a component holding
+several seed groups (touching vertebrae) is split by nearest seed - through the mask (geodesic, default) or in a
+straight line (Euclidean, the paper's wording); with cores, pieces without a seed that are fragments get no level;
+each candidate's class probabilities are the mean of the class maps over its voxels; candidates sorted
+cranio-caudally are labelled by a sequence decoder (`sequence.py`) that may call the ends of the sequence "not a
+vertebra".
 
 Arrays are in the canonical store frame (axis 0 = z, index 0 most superior). Class maps may be at a coarser
 grid than the foreground (the identification branch runs at 1/4 resolution); they are sampled, never upsampled
@@ -22,8 +24,11 @@ import numpy as np
 
 from vertseg.labels import C1_L5, PROTOCOLS, VERSE_NAMES, Protocol
 from vertseg.postprocess.components import connected_components, min_voxels, sort_cranio_caudal, voxel_volume_ml
-from vertseg.postprocess.levels import level_seeds
+from vertseg.postprocess.levels import core_seeds, cores_with_levels, level_seeds
 from vertseg.postprocess.sequence import Decoded, DecoderName, decode
+
+
+UNSEEDED_SHARE = 0.5  # seeds=cores: an instance without a seed, smaller than this share of the median seeded one, is a fragment
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,11 @@ class PostprocessSettings:
     allow_t13: bool = False
     min_vertebra_ml: float = 2.0
     peak_threshold: float = 0.1
-    seeds: Literal["sequence", "peaks"] = "sequence"
+    seeds: Literal["cores", "sequence", "peaks"] = "cores"
+    core_dynamic_mm: float = 3.0
+    core_floor_mm: float = 4.5
     seed_regions: bool = True
-    none_state: bool = False
+    none_state: bool = True
     split_merged: bool = True
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"
     gap_aware: bool = False
@@ -200,6 +207,27 @@ def _split_by_seeds(cc: np.ndarray, n_cc: int, coords: np.ndarray, flat_fg: np.n
     return labels.reshape(cc.shape), int(new_ids.size)
 
 
+def _drop_unseeded(instances: np.ndarray, n: int, seeds: np.ndarray, not_bodies: np.ndarray) -> tuple[np.ndarray, int]:
+    """Instances holding no seed that are much smaller than the seeded ones (a rib end, a stray blob, a piece the
+    split cut off) or that hold a core too tall for a vertebral body get no level: left in, each would take a place
+    in the consecutive sequence and shift every label after it. Large unseeded instances stay candidates."""
+    def held_by(points: np.ndarray) -> np.ndarray:
+        voxels = np.clip(np.floor(points + 0.5).astype(np.int64), 0, np.asarray(instances.shape) - 1)
+        return np.unique(instances[tuple(voxels.T)]).astype(np.int64)
+
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[held_by(seeds)] = True
+    seeded[0] = False
+    size = np.bincount(instances.ravel(), minlength=n + 1)
+    reference = float(np.median(size[seeded])) if seeded.any() else 0.0
+    keep = seeded | (size >= UNSEEDED_SHARE * reference)
+    keep[held_by(not_bodies)] &= seeded[held_by(not_bodies)]
+    keep[0] = False
+    lut = np.zeros(n + 1, dtype=np.uint32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1)
+    return lut[instances], int(keep.sum())
+
+
 def _map_index(coords: np.ndarray, map_shape: tuple[int, ...], fg_shape: tuple[int, ...]) -> np.ndarray:
     """Flat index into the class-map grid of each foreground voxel coordinate (nearest coarse voxel)."""
     low = np.floor((coords + 0.5) / _scale(map_shape, fg_shape)).astype(np.int64)
@@ -257,17 +285,24 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         map_index = _map_index(coords + offset, maps.shape[1:], fg_prob.shape)
     if maps is not None and n_cc and settings.split_merged:
         min_piece = max(1, min_voxels(settings.min_vertebra_ml, spacing))
-        if settings.seeds == "sequence":
+        if settings.seeds in ("sequence", "cores"):
             seeds, groups = level_seeds(coords, map_index, maps_flat, cc.shape[0], protocol, spacing,
                                         settings.allow_l6, settings.allow_t13, min_piece,
                                         regions=settings.seed_regions and settings.split_metric == "geodesic",
                                         background=settings.none_state)
+            if settings.seeds == "cores":
+                *core, not_bodies = core_seeds(coords, spacing, settings.core_dynamic_mm, settings.core_floor_mm,
+                                               min_piece // 8)
+                every = np.concatenate([core[0], seeds]).astype(np.int64)
+                seeds, groups = cores_with_levels(core, (seeds, groups), cc[tuple(every.T)])
         else:
             seeds = peak_seeds(coords, map_index, maps_flat[1:], settings.peak_threshold)
             groups = np.arange(seeds.shape[0])
         if np.unique(groups).size > 1:
             instances, n = _split_by_seeds(cc, n_cc, coords, flat_fg, seeds, groups, spacing, min_piece,
                                            settings.split_metric)
+        if settings.seeds == "cores" and seeds.size:
+            instances, n = _drop_unseeded(instances, n, seeds, not_bodies)
     ordered = sort_cranio_caudal(instances, n)
     if maps is None:
         probs = np.full((n, k), 1.0 / k)
@@ -275,6 +310,8 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         decoded = _order_only(n, protocol)
     else:
         ids = ordered.labels.ravel()[flat_fg].astype(np.int64) - 1
+        kept = ids >= 0
+        ids, map_index = ids[kept], map_index[kept]
         full = instance_probabilities(ids, n, maps_flat, map_index)
         background = full[:, 0] if settings.none_state and n else None
         probs = full[:, 1:] / np.clip(full[:, 1:].sum(axis=1, keepdims=True), 1e-12, None)

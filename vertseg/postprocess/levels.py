@@ -9,11 +9,17 @@ spine" (sacrum, fragments): a slice either stays in its level or advances one le
 level its typical height (VerSe 2019 training centroids). The evidence of a slice is the mean class probability
 over its mask voxels. Each level's run of slices gives one seed: the mask voxel nearest to that level's
 probability-weighted centre there, so a seed is always inside the mask.
+
+That model needs class maps that tell neighbouring levels apart. The mask's cores (`core_seeds`: its thick parts,
+the vertebral bodies, on the distance to the background) count vertebrae without them; `cores_with_levels` joins
+both kinds of seeds.
 """
 
 from __future__ import annotations
 
+import cc3d
 import numpy as np
+from scipy import ndimage
 
 from vertseg.labels import L6, T13, Protocol
 from vertseg.postprocess.sequence import NONE_PRIOR, LabelChain, viterbi
@@ -25,6 +31,7 @@ LEVEL_HEIGHT_MM = (21.7, 18.4, 16.9, 16.5, 15.7, 17.2, 18.3, 20.0, 20.3, 20.7, 2
                    26.2, 29.2, 30.7, 32.5, 33.9, 35.0, 33.1, 32.3)
 _MERGED = {T13: 19, L6: 24}  # a transitional level takes the height of the level it extends
 _EPS = 1e-6
+MAX_CORE_HEIGHT_MM = 1.2 * max(LEVEL_HEIGHT_MM)  # a taller core is no vertebral body (a contrast-filled vessel, an organ)
 _LEAVE_SPINE = 1e-3  # per slice: the spine ends (scan border, sacrum) before its last level
 _ENTER_SPINE = 1e-3  # per slice: the spine starts below the top slice
 
@@ -130,3 +137,98 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
     if not seeds:
         return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
     return np.concatenate(seeds).astype(np.float64), np.concatenate(groups).astype(np.int64)
+
+
+def core_seeds(coords: np.ndarray, spacing, dynamic_mm: float, floor_mm: float, min_voxels: int = 1
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds (M, 3) and their group from the cores of the mask: its thick parts, found on the distance to the
+    background.
+
+    Touching vertebrae meet through discs and thin posterior elements, so their thick vertebral bodies come apart
+    once the mask is eroded far enough; how far depends on the vertebra (a cervical body is a third of a lumbar
+    one). The mask is therefore eroded step by step, deepest first (in steps of a quarter voxel down to `floor_mm`): a
+    part that holds no core yet becomes one when it rises at least `dynamic_mm` above the depth where it appears
+    (the h-maxima of the distance map: a body rises well above the disc that joins it to the next one, a bump on
+    a lamina does not). Each core (at least `min_voxels`) is one vertebra whatever the class maps say: cores
+    count vertebrae, the maps name them. Returns the core voxels, their core, and the voxels of cores taller than
+    any vertebral body (a contrast-filled vessel, an organ), which are no seeds but mark their component."""
+    if coords.size == 0:
+        return np.zeros((0, 3)), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
+    spacing = np.asarray(spacing, dtype=np.float64)
+    low = coords.min(axis=0).astype(np.int64)
+    local = coords.astype(np.int64) - low + 1
+    mask = np.zeros(tuple(local.max(axis=0) + 2), dtype=bool)
+    mask[tuple(local.T)] = True
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    cores = np.zeros(mask.shape, dtype=np.int64)
+    found = 0
+    step = float(spacing.min()) / 4
+    for level in floor_mm + step * np.arange(int((depth.max() - floor_mm) / step), -1, -1):
+        parts, n = cc3d.connected_components(depth >= level, connectivity=6, return_N=True)
+        if n == 0:
+            continue
+        holds = np.zeros(n + 1, dtype=bool)
+        holds[np.unique(parts[cores > 0])] = True
+        peak = np.zeros(n + 1)
+        peak[1:] = ndimage.maximum(depth, parts, index=np.arange(1, n + 1))
+        size = np.bincount(parts.ravel(), minlength=n + 1)
+        new = np.flatnonzero(~holds & (peak - level >= dynamic_mm - 1e-6) & (size >= min_voxels))
+        new = new[new > 0]
+        if new.size:
+            lut = np.zeros(n + 1, dtype=np.int64)
+            lut[new] = np.arange(found + 1, found + 1 + new.size)
+            cores = np.where(cores > 0, cores, lut[parts])
+            found += new.size
+    group = cores[tuple(local.T)]
+    inside = np.flatnonzero(group)
+    coords, group = coords[inside].astype(np.float64), group[inside] - 1
+    if group.size == 0:
+        return coords, group.astype(np.int64), np.zeros((0, 3))
+    top = ndimage.minimum(coords[:, 0], group, index=np.arange(found))
+    bottom = ndimage.maximum(coords[:, 0], group, index=np.arange(found))
+    tall = ((np.asarray(bottom) - np.asarray(top) + 1) * spacing[0] > MAX_CORE_HEIGHT_MM)[group]
+    return coords[~tall], np.unique(group[~tall], return_inverse=True)[1].astype(np.int64), coords[tall]
+
+
+def cores_with_levels(core: tuple[np.ndarray, np.ndarray], level: tuple[np.ndarray, np.ndarray],
+                      component: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Join the two kinds of seeds: cores count the vertebrae, the sequence model's level seeds shape them.
+
+    Each core belongs to the level whose seeds span most of its slices. A level holding exactly one core lends it
+    its seeds (the level's seed regions keep a long spinous process with its own body); a level holding several
+    cores is one the class maps could not tell apart, and its cores stand alone; a level with no core in its
+    slices (a vertebra too thin for a core, e.g. cervical at coarse spacing) keeps its own seeds. `component`
+    (optional, one id per core seed then per level seed): lent seeds must lie in their core's mask component (a
+    level's seed regions cover whole slices, ribs and stray blobs included)."""
+    core_points, core_groups = core
+    level_points, level_groups = level
+    levels = np.unique(level_groups)
+    if levels.size == 0 or core_groups.size == 0:
+        if core_groups.size:
+            return core
+        return level_points, np.unique(level_groups, return_inverse=True)[1]
+    top = np.array([level_points[level_groups == g, 0].min() for g in levels])
+    bottom = np.array([level_points[level_groups == g, 0].max() for g in levels])
+    n_cores = int(core_groups.max()) + 1
+    owner = np.full(n_cores, -1)
+    for c in range(n_cores):
+        z = core_points[core_groups == c, 0]
+        overlap = ((z[:, None] >= top[None]) & (z[:, None] <= bottom[None])).sum(axis=0)
+        owner[c] = int(np.argmax(overlap)) if overlap.max() > 0 else -1
+    core_slices = np.unique(core_points[:, 0].astype(np.int64))
+    points, groups = [core_points], [core_groups]
+    extra = n_cores
+    for i, g in enumerate(levels):
+        members = level_groups == g
+        held = np.flatnonzero(owner == i)
+        if held.size == 1:
+            if component is not None:
+                own = component[np.flatnonzero(core_groups == held[0])[0]]
+                members &= component[core_groups.size:] == own
+            points.append(level_points[members])
+            groups.append(np.full(int(members.sum()), held[0]))
+        elif held.size == 0 and not np.isin(level_points[members, 0].astype(np.int64), core_slices).any():
+            points.append(level_points[members])
+            groups.append(np.full(int(members.sum()), extra))
+            extra += 1
+    return np.concatenate(points), np.concatenate(groups)
