@@ -139,10 +139,12 @@ def test_cores_count_touching_vertebrae_that_the_class_maps_do_not_tell_apart():
     assert len(by_sequence) < 5  # flat evidence: the slice model alone merges levels
 
 
-def test_core_seeds_are_inside_the_mask_one_group_per_body():
+@pytest.mark.parametrize("zoom", [1, 3])  # 3 mm voxels, and the same bodies at 1 mm (cores found on 2 mm blocks)
+def test_core_seeds_are_inside_the_mask_one_group_per_body(zoom):
     labels, _, _ = _bodies(4)
+    labels = labels.repeat(zoom, 0).repeat(zoom, 1).repeat(zoom, 2)
     coords = np.argwhere(labels > 0).astype(float)
-    seeds, groups, not_bodies = core_seeds(coords, (3.0, 3.0, 3.0), dynamic_mm=3.0, floor_mm=4.5)
+    seeds, groups, not_bodies = core_seeds(coords, (3.0 / zoom,) * 3, dynamic_mm=3.0, floor_mm=4.5)
     assert not_bodies.size == 0
     assert np.unique(groups).size == 4
     for g in np.unique(groups):

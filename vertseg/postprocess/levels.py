@@ -31,6 +31,7 @@ LEVEL_HEIGHT_MM = (21.7, 18.4, 16.9, 16.5, 15.7, 17.2, 18.3, 20.0, 20.3, 20.7, 2
                    26.2, 29.2, 30.7, 32.5, 33.9, 35.0, 33.1, 32.3)
 _MERGED = {T13: 19, L6: 24}  # a transitional level takes the height of the level it extends
 _EPS = 1e-6
+CORE_GRID_MM = 2.0  # cores are found on blocks of at least this size: a vertebral body is still 6+ blocks across
 MAX_CORE_HEIGHT_MM = 1.2 * max(LEVEL_HEIGHT_MM)  # a taller core is no vertebral body (a contrast-filled vessel, an organ)
 _LEAVE_SPINE = 1e-3  # per slice: the spine ends (scan border, sacrum) before its last level
 _ENTER_SPINE = 1e-3  # per slice: the spine starts below the top slice
@@ -140,7 +141,7 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
 
 
 def core_seeds(coords: np.ndarray, spacing, dynamic_mm: float, floor_mm: float, min_voxels: int = 1
-               ) -> tuple[np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeds (M, 3) and their group from the cores of the mask: its thick parts, found on the distance to the
     background.
 
@@ -155,6 +156,9 @@ def core_seeds(coords: np.ndarray, spacing, dynamic_mm: float, floor_mm: float, 
     if coords.size == 0:
         return np.zeros((0, 3)), np.zeros(0, dtype=np.int64), np.zeros((0, 3))
     spacing = np.asarray(spacing, dtype=np.float64)
+    factor = np.maximum(np.floor(CORE_GRID_MM / spacing), 1).astype(np.int64)
+    if (factor > 1).any():
+        return _core_seeds_on_coarser_grid(coords, spacing, factor, dynamic_mm, floor_mm, min_voxels)
     low = coords.min(axis=0).astype(np.int64)
     local = coords.astype(np.int64) - low + 1
     mask = np.zeros(tuple(local.max(axis=0) + 2), dtype=bool)
@@ -188,6 +192,26 @@ def core_seeds(coords: np.ndarray, spacing, dynamic_mm: float, floor_mm: float, 
     bottom = ndimage.maximum(coords[:, 0], group, index=np.arange(found))
     tall = ((np.asarray(bottom) - np.asarray(top) + 1) * spacing[0] > MAX_CORE_HEIGHT_MM)[group]
     return coords[~tall], np.unique(group[~tall], return_inverse=True)[1].astype(np.int64), coords[tall]
+
+
+def _core_seeds_on_coarser_grid(coords: np.ndarray, spacing: np.ndarray, factor: np.ndarray, dynamic_mm: float,
+                                floor_mm: float, min_voxels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`core_seeds` on blocks of `factor` voxels (a block is mask when most of it is), mapped back to the mask
+    voxels: the erosion ladder costs one labelling of the volume per step, so at 1 mm it would take tens of
+    seconds, while a vertebral body is still several blocks across at `CORE_GRID_MM`."""
+    local = coords.astype(np.int64) - coords.min(axis=0).astype(np.int64)
+    block = local // factor
+    shape = tuple(block.max(axis=0) + 1)
+    count = np.bincount(np.ravel_multi_index(tuple(block.T), shape), minlength=int(np.prod(shape))).reshape(shape)
+    coarse = np.argwhere(count >= 0.5 * np.prod(factor)).astype(np.float64)
+    points, groups, tall = core_seeds(coarse, spacing * factor, dynamic_mm, floor_mm,
+                                      max(1, min_voxels // int(np.prod(factor))))
+    label = np.zeros(shape, dtype=np.int64)
+    label[tuple(points.astype(np.int64).T)] = groups + 1
+    label[tuple(tall.astype(np.int64).T)] = -1
+    of_voxel = label[tuple(block.T)]
+    fine = coords.astype(np.float64)
+    return fine[of_voxel > 0], of_voxel[of_voxel > 0] - 1, fine[of_voxel < 0]
 
 
 def cores_with_levels(core: tuple[np.ndarray, np.ndarray], level: tuple[np.ndarray, np.ndarray],
