@@ -173,7 +173,7 @@ def test_scancel_of_a_running_training_leaves_a_checkpoint_it_resumes_from(works
     wait_for_registered_checkpoint(run_dir, job)
     subprocess.run(["scancel", job], check=True, timeout=30)
     assert wait(job, 120) == "CANCELLED"
-    for _ in range(30):  # the job tears Ray down within Slurm's KillWait (5 s here)
+    for _ in range(120):  # the job tears Ray down within Slurm's KillWait (30 s, Slurm's default, here)
         if not Path(f"/tmp/ray_{job}").exists():
             break
         time.sleep(0.5)
