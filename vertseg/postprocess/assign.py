@@ -168,6 +168,11 @@ def geodesic_owner(flat_fg: np.ndarray, shape: tuple[int, ...], coords: np.ndarr
     return owner
 
 
+def voxels_of(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(M, 3) integer voxel indices of sub-voxel points, clipped to the volume."""
+    return np.clip(np.floor(points + 0.5).astype(np.int64), 0, np.asarray(shape) - 1)
+
+
 def _split_by_seeds(cc: np.ndarray, n_cc: int, coords: np.ndarray, flat_fg: np.ndarray, seeds: np.ndarray,
                     groups: np.ndarray, spacing, min_piece: int, metric: str) -> tuple[np.ndarray, int]:
     """Split components that hold several seed groups into one piece per group: each voxel goes to the group of
@@ -177,7 +182,7 @@ def _split_by_seeds(cc: np.ndarray, n_cc: int, coords: np.ndarray, flat_fg: np.n
     A piece stands on its own when a seed of its group lies inside its component and it has at least `min_piece`
     voxels; other pieces join the largest standing piece of their component (or the component stays whole)."""
     comp = cc.ravel()[flat_fg].astype(np.int64)
-    seed_vox = np.clip(np.floor(seeds + 0.5).astype(np.int64), 0, np.asarray(cc.shape) - 1)
+    seed_vox = voxels_of(seeds, cc.shape)
     seed_comp = cc[tuple(seed_vox.T)].astype(np.int64)
     owner = np.full(flat_fg.size, -1, dtype=np.int64)
     if metric == "geodesic":
@@ -212,8 +217,7 @@ def _drop_unseeded(instances: np.ndarray, n: int, seeds: np.ndarray, not_bodies:
     split cut off) or that hold a core too tall for a vertebral body get no level: left in, each would take a place
     in the consecutive sequence and shift every label after it. Large unseeded instances stay candidates."""
     def held_by(points: np.ndarray) -> np.ndarray:
-        voxels = np.clip(np.floor(points + 0.5).astype(np.int64), 0, np.asarray(instances.shape) - 1)
-        return np.unique(instances[tuple(voxels.T)]).astype(np.int64)
+        return np.unique(instances[tuple(voxels_of(points, instances.shape).T)]).astype(np.int64)
 
     seeded = np.zeros(n + 1, dtype=bool)
     seeded[held_by(seeds)] = True
