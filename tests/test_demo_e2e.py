@@ -68,6 +68,16 @@ def test_segmentation_beats_a_stated_floor_on_the_demo_phantoms(demo_run):
     assert evaluation["binary_dice"] >= BINARY_DICE_FLOOR, evaluation
 
 
+def test_the_bundled_reference_model_names_the_vertebrae_of_a_fresh_phantom(demo_run):
+    out, results = demo_run
+    evaluation = json.loads(Path(results["reference"]["evaluation"]).read_text())
+    assert evaluation["cases"] == 1 and not evaluation["failed"]
+    assert evaluation["vertebrae"] >= 5
+    # measured: every vertebra (L1-L5) named right; a model that names nothing or shifts the spine scores 0
+    assert evaluation["acc_id"] >= 0.8 and evaluation["id_rate"] >= 0.8, evaluation
+    assert results["reference"]["metrics"]["test_id_acc"] == evaluation["acc_id"]
+
+
 def test_rerun_reuses_every_stage_and_a_failing_stage_names_its_log(demo_run):
     from vertseg.demo import DemoError, run_demo
 

@@ -29,14 +29,18 @@ def test_labeled_coverage_names_the_levels_no_labeled_scan_shows():
         assert ("C1" in never) == (1 not in scans[kept]) and ("L5" in never) == (24 not in scans[kept])
 
 
-def test_diagnostics_average_only_the_epochs_with_consistency():
-    history = [{"epoch": 1, "lambda_cons": 0.0, "val_dice": 0.4},
+def test_diagnostics_average_only_the_epochs_with_consistency_and_name_the_kept_checkpoint():
+    volume = {"val_volume_dice": 0.8, "val_volume_id_acc": 0.9, "val_volume_id_rate": 0.9}
+    history = [{"epoch": 1, "lambda_cons": 0.0, "val_dice": 0.4, **volume},
                {"epoch": 2, "lambda_cons": 0.0, "pass_seg": 0.0},
-               {"epoch": 3, "lambda_cons": 0.25, "pass_seg": 0.2, "pass_cls": 0.1, "val_dice": 0.6},
+               {"epoch": 3, "lambda_cons": 0.25, "pass_seg": 0.2, "pass_cls": 0.1, "val_dice": 0.6,
+                **volume, "val_volume_id_acc": 0.5, "val_volume_id_rate": 0.5},
                {"epoch": 4, "lambda_cons": 0.5, "pass_seg": 0.4, "pass_cls": 0.3}]
     out = diagnostics(history, e_cons=2)
     assert out["lambda_final"] == 0.5 and out["pass_seg"] == pytest.approx(0.3) and out["pass_cls"] == pytest.approx(0.2)
-    assert out["val_dice_best"] == 0.6 and out["best_epoch"] == 3 and math.isnan(out["loss_cons_seg"])
+    # the checkpoint the trainer keeps (full-volume identification), not the best patch Dice
+    assert out["val_score_best"] == pytest.approx(2.6 / 3) and out["best_epoch"] == 1
+    assert math.isnan(out["loss_cons_seg"])
 
 
 def _outcome(method: str, seed: int, dice: float) -> RunOutcome:
@@ -105,3 +109,31 @@ def test_longer_budget_keeps_the_schedule_shape():
     assert longer.schedule.epochs == 3 * base.schedule.epochs
     assert longer.schedule.e_cons / longer.schedule.epochs == base.schedule.e_cons / base.schedule.epochs == 0.4
     assert longer.schedule.iterations_per_epoch == base.schedule.iterations_per_epoch
+
+
+def test_the_reference_stage_refuses_a_bundled_model_that_does_not_match_its_checksum(tmp_path, monkeypatch):
+    import shutil
+
+    import vertseg.demo as demo
+    from vertseg.config import load_config
+
+    tampered = tmp_path / "phantom-fsl.pt"
+    shutil.copy(demo.REFERENCE, tampered)
+    shutil.copy(demo.REFERENCE.with_suffix(".json"), tmp_path / "phantom-fsl.json")
+    with open(tampered, "ab") as handle:
+        handle.write(b"\0")
+    monkeypatch.setattr(demo, "REFERENCE", tampered)
+    context = demo.DemoContext(tmp_path / "out", load_config(demo.DEMO_CONFIG), demo.QUICK, 1)
+    with pytest.raises(RuntimeError, match="phantom-fsl.pt does not match its sha256"):
+        demo.stage_reference(context, lambda *_: None)
+    assert not (tmp_path / "out").exists()  # refused before any phantom is written
+
+
+def test_the_bundled_reference_model_is_the_file_its_provenance_describes():
+    import json
+
+    from vertseg.demo import REFERENCE
+    from vertseg.weights.fetch import sha256_of
+
+    provenance = json.loads(REFERENCE.with_suffix(".json").read_text())
+    assert provenance["file"] == REFERENCE.name and provenance["sha256"] == sha256_of(REFERENCE)

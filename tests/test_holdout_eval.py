@@ -39,8 +39,8 @@ def test_flat_metric_names_are_what_the_report_reads():
     assert headline_split([record], preferred="validation") == "test"  # preferred only when the runs hold it
 
 
-def _levels_store(tmp_path, name: str, labeled: bool):
-    """The three-level (L3-L5) HU-coded phantom as a one-case store, with or without its labels."""
+def _levels_store(tmp_path, name: str, labeled: bool, case_ids: tuple[str, ...] = ("levels",)):
+    """The three-level (L3-L5) HU-coded phantom as a store (one case per id), with or without its labels."""
     from test_inference_predict import TINY, _levels_phantom
 
     from vertseg.data.preprocess import preprocess_case
@@ -54,8 +54,9 @@ def _levels_store(tmp_path, name: str, labeled: bool):
     nib.save(nib.Nifti1Image(truth, nib.load(str(image)).affine), str(mask))
     store = tmp_path / name
     init_store(store, config.data)
-    source = CaseSource("levels", "levels", "phantom", "test", image, mask if labeled else None)
-    assert preprocess_case(source, config.data, store, "labeled" if labeled else "unlabeled")["status"] == "written"
+    for case_id in case_ids:
+        source = CaseSource(case_id, case_id, "phantom", "test", image, mask if labeled else None)
+        assert preprocess_case(source, config.data, store, "labeled" if labeled else "unlabeled")["status"] == "written"
     write_manifest(store, build_manifest(store, config.data, []))
     return store, config
 
@@ -87,6 +88,30 @@ def test_oracle_network_scores_perfectly_and_never_sees_the_labels(tmp_path):
         evaluate_predictor(predictor, labeled, "validation")
     with pytest.raises(HoldoutError, match="no labelled cases"):
         evaluate_predictor(predictor, unlabeled, "test")
+
+
+def test_a_case_that_fails_to_predict_is_scored_as_empty_not_left_out(tmp_path, monkeypatch):
+    from test_inference_predict import OracleNet
+
+    import vertseg.evaluation.holdout as holdout
+    from vertseg.inference.predictor import Predictor
+
+    store, config = _levels_store(tmp_path, "two.zarr", labeled=True, case_ids=("levels", "levels-b"))
+    real = holdout.predict_case
+
+    def out_of_memory_on_b(predictor, store, case_id):
+        if case_id == "levels-b":
+            raise RuntimeError("CUDA out of memory")
+        return real(predictor, store, case_id)
+
+    monkeypatch.setattr(holdout, "predict_case", out_of_memory_on_b)
+    result = evaluate_predictor(Predictor(OracleNet(), config, "cpu"), store, "test")
+    m = result.metrics
+    assert m["test_cases"] == 2 and m["test_vertebrae"] == 6
+    assert m["test_id_rate"] == pytest.approx(0.5) and m["test_dice"] < 0.5  # the perfect case alone would be ~1
+    assert result.failed == {"levels-b": "scored as empty prediction: RuntimeError: CUDA out of memory"}
+    assert result.summary["scored_as_empty"] == ["levels-b"]
+    assert "1 of them failed predictions scored as empty" in result.summary["headline"]
 
 
 @pytest.mark.slow

@@ -105,6 +105,29 @@ def test_decoder_names_a_sacrum_not_a_vertebra_instead_of_shifting_the_spine():
     assert decoded.confidence[-1] == 0.0
 
 
+def _spine_with_piece(piece_background: float) -> tuple[np.ndarray, np.ndarray]:
+    """T9..L2 named confidently, with a seventh instance between T11 and T12 that names no level."""
+    probs = np.full((7, 24), 0.1 / 23)
+    probs[np.arange(7), [15, 16, 17, 0, 18, 19, 20]] = 0.9
+    probs[3] = 1 / 24
+    background = np.full(7, 0.3)
+    background[3] = piece_background
+    return probs, background
+
+
+def test_decoder_names_a_mid_spine_piece_not_a_vertebra_instead_of_cutting_or_shifting():
+    probs, background = _spine_with_piece(0.95)
+    assert decode_dp(probs, C1_L5, background=background).labels.tolist() == [16, 17, 18, 0, 19, 20, 21]
+    ends_only = decode_dp(probs, C1_L5, background=background, fragment_prior=0.0).labels.tolist()
+    assert ends_only != [16, 17, 18, 0, 19, 20, 21]  # "not a vertebra" only at the ends: cut or shifted
+
+
+def test_a_mid_spine_vertebra_without_class_evidence_keeps_its_level():
+    probs, background = _spine_with_piece(0.3)  # bone like its neighbours, only its class is unknown
+    probs[4:, :] = np.roll(probs[4:, :], 1, axis=1)  # ... and the levels after it are one further on
+    assert decode_dp(probs, C1_L5, background=background).labels.tolist() == [16, 17, 18, 19, 20, 21, 22]
+
+
 def _bodies(n: int, *, vessel: bool = False, fragment: bool = False):
     """`n` thick vertebral bodies (8 slices x 10 x 10 voxels at 3 mm) joined by 4 x 4 necks (discs, facets), one
     touching column; class maps that name nothing but the lowest body (L5), as an undertrained network's do.

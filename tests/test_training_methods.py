@@ -78,17 +78,17 @@ def test_teacher_reinitialised_at_end_of_warm_up():
 def test_validation_and_inference_use_the_same_weights(tmp_path):
     """Before the warm-up restart the EMA teacher still averages in the random init: validation and the checkpoint's
     inference weights are the student; afterwards both are the teacher."""
-    from vertseg.inference.model_loading import state_dict_of
+    from vertseg.training.checkpoint import model_weights
 
     config = build_config({}, SMALL + ["train.method=proposed", "train.schedule.e_cons=1", "train.schedule.iterations_per_epoch=1"])
     trainer = Trainer(config)
     trainer.train_epoch(iter([phantom_batch(0)]))
     assert trainer.deployed_weights == "student"
-    weights, key = state_dict_of(trainer.state_dict(), "c.pt")
+    weights, key = model_weights(trainer.state_dict(), "c.pt")
     assert key == "model" and all(torch.equal(weights[k], v) for k, v in trainer.bundle.members[0].state_dict().items())
     trainer.train_epoch(iter([phantom_batch(1)]))  # epoch E_cons: restart, one consistency step
     assert trainer.deployed_weights == "teacher"
-    assert state_dict_of(trainer.state_dict(), "c.pt")[1] == "teacher"
+    assert model_weights(trainer.state_dict(), "c.pt")[1] == "teacher"
     fsl = Trainer(build_config({}, SMALL + ["train.method=fsl"]))
     fsl.epoch = 5
     assert fsl.deployed_weights == "student"

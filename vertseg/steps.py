@@ -79,14 +79,15 @@ def predict_folder(
     """Predict every scan under `inputs`; raises if any case failed. Weights: what `vertseg predict` loads (the EMA
     teacher first), or with `student` the student that validation scored (single-process checkpoints)."""
     from vertseg.inference.cases import collect_jobs
-    from vertseg.inference.model_loading import load_model, read_checkpoint, resolve_device
+    from vertseg.inference.model_loading import load_model, resolve_device
     from vertseg.inference.predictor import Predictor
     from vertseg.inference.runner import predict_all, write_summary
+    from vertseg.training.checkpoint import load_checkpoint
 
     model, config, key = load_model(checkpoint)
     if student:
         key = "model"
-        model.load_state_dict(read_checkpoint(checkpoint)[key])
+        model.load_state_dict(load_checkpoint(checkpoint)[key])
     predictor = Predictor(model, config, resolve_device("auto"))
     jobs = collect_jobs(inputs)
     if not jobs:

@@ -71,10 +71,12 @@ def diagnostics(history: list[dict[str, Any]], e_cons: int) -> dict[str, float]:
     for key in ("pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls"):
         values = [float(h[key]) for h in active if key in h]
         out[key] = sum(values) / len(values) if values else math.nan
+    from vertseg.training.trainer import selection_score
+
     validated = [h for h in history if "val_dice" in h]
-    best = max(validated, key=lambda h: float(h["val_dice"]), default=None)
-    out["val_dice_best"] = float(best["val_dice"]) if best else math.nan
-    out["best_epoch"] = float(best["epoch"]) if best else math.nan  # the checkpoint `predict` uses
+    best = max(validated, key=selection_score, default=None)  # the trainer's rule: the checkpoint `predict` uses
+    out["val_score_best"] = selection_score(best) if best else math.nan
+    out["best_epoch"] = float(best["epoch"]) if best else math.nan
     return out
 
 
@@ -124,7 +126,7 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         t = mean_std([o.train_seconds for o in runs])[0]
         rows.append([method, len(runs)] + cells + [f"{t / fsl_time:.2f}" if math.isfinite(fsl_time) and fsl_time else "n/a"])
     per_seed = [[o.method, o.seed] + [f"{100 * o.metrics.get(k, math.nan):.1f}" for k, _ in HEADLINE] for o in outcomes]
-    diag_keys = ("lambda_final", "pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls", "val_dice_best",
+    diag_keys = ("lambda_final", "pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls", "val_score_best",
                  "student_dice")
     diag_rows = [[o.method, o.seed] + [f"{o.diagnostics.get(k, math.nan):.3f}" for k in diag_keys]
                  + [f"{o.diagnostics.get('best_epoch', math.nan):.0f}"] for o in outcomes]
@@ -152,9 +154,10 @@ def render(outcomes: list[RunOutcome], methods: list[str], pools: PhantomPools, 
         body += [
             "Consistency diagnostics (means over the epochs after `e_cons`): `lambda_final` = consistency weight at the "
             "last epoch (Eq. 2), `pass_seg`/`pass_cls` = share of voxels / heatmap positions passing the confidence "
-            "masks (Eq. 12-13), `loss_cons_*` = consistency losses, `val_dice_best` = best validation Dice of the "
+            "masks (Eq. 12-13), `loss_cons_*` = consistency losses, `val_score_best` = best validation score of the "
             "deployed weights (the EMA teacher once it was restarted at `e_cons`, else the student; validation and "
-            "`vertseg predict` use the same weights) and `best_epoch` its epoch, whose checkpoint is the one "
+            "`vertseg predict` use the same weights), the mean of full-volume binary Dice, Acc_ID and id-rate of the "
+            "validation scans that selects the checkpoint, and `best_epoch` its epoch, whose checkpoint is the one "
             "evaluated; `student_dice` = test binary Dice of that checkpoint's student weights.", "",
             markdown_table(["method", "seed", *diag_keys, "best_epoch"], diag_rows),
         ]

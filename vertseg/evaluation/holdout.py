@@ -107,9 +107,10 @@ def predict_case(predictor: "Predictor", store: Path, case_id: str) -> tuple["St
     return predict_store_frame(predictor, scan, timer), scan
 
 
-def evaluate_case(vert: "VertStore", case_id: str, prediction: "StorePrediction",
-                  settings: EvalSettings) -> CaseMetrics:
-    """Compare a store-frame prediction with the store's labels; centroids in LPS mm."""
+def evaluate_case(vert: "VertStore", case_id: str, prediction: "StorePrediction | None", settings: EvalSettings,
+                  failure: str = "") -> CaseMetrics:
+    """Compare a store-frame prediction with the store's labels; centroids in LPS mm. No prediction (it failed,
+    `failure` says why) is scored as an empty one, as `vertseg evaluate` scores a missing file."""
     from vertseg.data.geometry import apply_affine
 
     affine = vert.geometry(case_id).canonical.affine_lps()
@@ -117,9 +118,13 @@ def evaluate_case(vert: "VertStore", case_id: str, prediction: "StorePrediction"
     def to_mm(points: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         return {k: apply_affine(affine, np.asarray(v, float)[None])[0] for k, v in points.items()}
 
-    return evaluate_arrays(case_id, vert.read_labels(case_id), prediction.labels, affine,
-                           to_mm(vert.centroids(case_id).best()) or None, to_mm(prediction.centroids_zyx) or None,
-                           settings)
+    truth = vert.read_labels(case_id)
+    predicted = np.zeros_like(truth) if prediction is None else prediction.labels
+    predicted_centroids = None if prediction is None else to_mm(prediction.centroids_zyx) or None
+    metrics = evaluate_arrays(case_id, truth, predicted, affine, to_mm(vert.centroids(case_id).best()) or None,
+                              predicted_centroids, settings)
+    metrics.failure = failure
+    return metrics
 
 
 def evaluate_predictor(predictor: "Predictor", store: Path, split: str = "test", out_dir: Path | None = None,
@@ -142,23 +147,32 @@ def evaluate_predictor(predictor: "Predictor", store: Path, split: str = "test",
     settings = settings or EvalSettings(min_fragment_ml=predictor.config.inference.min_fragment_ml)
     cases: list[CaseMetrics] = []
     failed: dict[str, str] = {}
+    not_scored: list[str] = []
     for case_id in case_ids:
+        prediction, failure = None, ""
         try:
             prediction, scan = predict_case(predictor, store, case_id)
             if out_dir is not None:
                 write_prediction(predictor, scan, prediction, Path(out_dir), Timer())
-            cases.append(evaluate_case(vert, case_id, prediction, settings))
         except (ValueError, RuntimeError, OSError, KeyError) as error:
-            failed[case_id] = f"{type(error).__name__}: {error}"
+            failure = f"{type(error).__name__}: {error}"
+            failed[case_id] = f"scored as empty prediction: {failure}"
+        try:
+            cases.append(evaluate_case(vert, case_id, prediction, settings, failure))
+        except (ValueError, RuntimeError, OSError, KeyError) as error:
+            failed[case_id] = f"ground truth not scored: {type(error).__name__}: {error}"
+            not_scored.append(case_id)
         if progress is not None:
             progress(case_id)
-    if not cases:
-        raise HoldoutError(f"store {store}: every case of split {split!r} failed: {failed}")
+    scored_as_empty = [c.case_id for c in cases if c.failure]
+    if len(scored_as_empty) == len(cases):
+        raise HoldoutError(f"store {store}: no case of split {split!r} was predicted and scored: {failed}")
     metrics, summary = flat_metrics(cases, split)
     from vertseg.evaluation.runner import headline
 
     summary.update(split=split, store=str(store), failed=failed, settings=dict(settings.__dict__),
-                   headline=headline(len(cases), 0, 0) + (f"; {len(failed)} cases failed to predict" if failed else ""))
+                   scored_as_empty=scored_as_empty, not_scored=not_scored,
+                   headline=headline(len(cases), len(scored_as_empty), len(not_scored)))
     rows = [{"split": split, **c.row()} for c in cases]
     result = HoldoutResult(split, metrics, rows, summary, cases, failed)
     if out_dir is not None:

@@ -29,6 +29,7 @@ class InferenceConfig(ConfigModel):
     core_floor_mm: float = Field(4.5, ge=0)  # seeds=cores: the mask is eroded no shallower than this
     seed_regions: bool = True  # seeds=sequence: seed each level's inner slices where it wins the class map, not one point
     none_state: bool = True  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
+    fragment_prior: float = Field(0.05, ge=0, lt=1)  # none_state: cost of "not a vertebra" between two levels (0: only at the ends)
     split_merged: bool = True  # split components holding several centroids along nearest-centroid regions
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"  # nearest centroid through the mask, or straight line
     gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)

@@ -16,26 +16,7 @@ from torch import nn
 from vertseg.config import ConfigError, VertsegConfig, build_config
 from vertseg.inference.config import InferenceConfig
 from vertseg.model import build_model
-
-# Fallback order when a checkpoint does not name the weights its training validated: EMA teacher first (2.4.3).
-STATE_KEYS = ("teacher", "ema", "teacher_state", "student", "model", "student_state", "state_dict")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file."""
-
-
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt/unsafe files
-        raise CheckpointError(f"checkpoint {path} cannot be read safely: {str(error).splitlines()[0]}") from None
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
-    return payload
+from vertseg.training.checkpoint import CheckpointError, load_checkpoint, model_weights
 
 
 def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list[str] | None = None) -> VertsegConfig:
@@ -72,35 +53,14 @@ def _without_retired_inference_keys(raw: dict[str, Any], path: Path | str) -> di
     return {**raw, "inference": {key: value for key, value in section.items() if key not in retired}}
 
 
-def state_dict_of(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
-    """The weights inference should use: those the training validated (`inference_weights`), else STATE_KEYS order."""
-    validated = {"teacher": "teacher", "student": "model"}.get(payload.get("inference_weights"))
-    for key in ((validated,) if validated else ()) + STATE_KEYS:
-        state = payload.get(key)
-        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            return state, key
-    raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(STATE_KEYS)})")
-
-
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove DDP/compile prefixes ("module.", "_orig_mod.") so any saved wrapper loads into the plain network."""
-    out = {}
-    for name, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while name.startswith(prefix):
-                name = name[len(prefix):]
-        out[name] = value
-    return out
-
-
 def load_model(path: Path | str, overrides: list[str] | None = None) -> tuple[nn.Module, VertsegConfig, str]:
     """(network in eval mode on CPU, its config, which weights were used)."""
-    payload = read_checkpoint(path)
+    payload = load_checkpoint(path)
     config = checkpoint_config(payload, path, overrides)
-    state, key = state_dict_of(payload, path)
+    state, key = model_weights(payload, path)
     model = build_model(config.model)
     try:
-        model.load_state_dict(_strip_prefixes(state), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the configured network: {str(error)[:500]}") from None
     return model.eval(), config, key

@@ -25,7 +25,7 @@ import numpy as np
 from vertseg.labels import C1_L5, PROTOCOLS, VERSE_NAMES, Protocol
 from vertseg.postprocess.components import connected_components, min_voxels, sort_cranio_caudal, voxel_volume_ml
 from vertseg.postprocess.levels import core_seeds, cores_with_levels, level_seeds
-from vertseg.postprocess.sequence import Decoded, DecoderName, decode
+from vertseg.postprocess.sequence import FRAGMENT_PRIOR, Decoded, DecoderName, decode
 
 
 UNSEEDED_SHARE = 0.5  # seeds=cores: an instance without a seed, smaller than this share of the median seeded one, is a fragment
@@ -47,6 +47,7 @@ class PostprocessSettings:
     core_floor_mm: float = 4.5
     seed_regions: bool = True
     none_state: bool = True
+    fragment_prior: float = FRAGMENT_PRIOR
     split_merged: bool = True
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"
     gap_aware: bool = False
@@ -322,7 +323,8 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         bodies = (instance_peaks(ids, np.argmax(probs, axis=1), maps_flat[1:], map_index, maps.shape[1:], fg_prob.shape)
                   - offset if n else ordered.centroids)
         positions = bodies * np.asarray(spacing, dtype=np.float64) if settings.gap_aware else None
-        decoded = decode(settings.decoder, probs, protocol, settings.allow_l6, settings.allow_t13, positions, background)
+        decoded = decode(settings.decoder, probs, protocol, settings.allow_l6, settings.allow_t13, positions, background,
+                         settings.fragment_prior)
     lut = np.zeros(n + 1, dtype=np.uint8)
     lut[1:] = decoded.labels
     labelmap = np.zeros(fg_prob.shape, dtype=np.uint8)

@@ -14,7 +14,10 @@ classes 1..K. Output: one VerSe label per instance, anatomically ordered and wit
   When the protocol has no class for a transitional level (C1-L5 training merges L6 into L5 and T13 into T12),
   its evidence is the probability of the level it was merged into. Given instance centroids, `dp` is gap-aware:
   it may skip one level between two instances whose distance is much larger than the neighbouring steps. Instances
-  before the first and after the last level may be "not a vertebra" (label 0: skull base, sacrum, fragments).
+  before the first and after the last level may be "not a vertebra" (label 0: skull base, sacrum, fragments), and
+  so may an instance between two levels (a fragment, or a split piece of one vertebra) at an extra cost
+  `fragment_prior` (`FRAGMENT_PRIOR`; 0: ends only): without that, one piece too many in mid-spine either shifts every label after it or ends the
+  spine there.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ DecoderName = Literal["dp", "paper"]
 _EPS = 1e-6
 NONE_PRIOR = 0.1  # an instance called "not a vertebra" pays log(0.1): only clear background evidence wins
 _NONE_FLOOR = 1e-12  # without background evidence "not a vertebra" costs about two wrong levels: only when forced
+FRAGMENT_PRIOR = 0.05  # "not a vertebra" between two levels also pays log(0.05): a mid-spine vertebra keeps its level
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,14 @@ def gap_probabilities(centroids_mm: np.ndarray) -> np.ndarray:
 
 def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, allow_t13: bool = False,
               transitional_prior: float = 0.1, centroids_mm: np.ndarray | None = None,
-              background: np.ndarray | None = None, none_prior: float = NONE_PRIOR) -> Decoded:
+              background: np.ndarray | None = None, none_prior: float = NONE_PRIOR,
+              fragment_prior: float = FRAGMENT_PRIOR) -> Decoded:
     """Most probable consecutive labelling (see module docstring), with a "not a vertebra" state before the first
     and after the last labelled instance: skull base, sacrum, fragments, or more instances than levels get label 0
-    instead of pushing the whole sequence one level. `background` (N,): each instance's probability of not being a
-    vertebra (the identification background channel); the state's emission is log(background * none_prior), so it
-    is chosen only when the evidence clearly favours it (without a background channel, only when there are more
-    instances than levels).
+    instead of pushing the whole sequence one level; between two levels the state pays `fragment_prior` more.
+    `background` (N,): each instance's probability of not being a vertebra (the identification background
+    channel); the state's emission is log(background * none_prior), so it is chosen only when the evidence clearly
+    favours it (without a background channel, only when there are more instances than levels).
 
     With `centroids_mm` (N, 3) the chain may also skip one level between two instances (a vertebra the
     segmentation missed), weighted by `gap_probabilities`: gap-aware decoding."""
@@ -143,16 +148,17 @@ def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, all
     emit_p = probs[:, np.asarray(chain.score_class) - 1]
     none = np.zeros(n) if background is None else np.clip(np.asarray(background, dtype=np.float64), 0.0, 1.0)
     none_emit = np.log(np.maximum(none * none_prior, _NONE_FLOOR))[:, None]
-    emit = np.concatenate([none_emit, np.log(emit_p + _EPS), none_emit], axis=1)
-    log_t = _with_none_states(chain.transitions(transitional_prior))
+    levels = len(chain.states)
+    emit = np.concatenate([none_emit, np.log(emit_p + _EPS), np.repeat(none_emit, levels, axis=1), none_emit], axis=1)
+    log_t = _with_none_states(chain.transitions(transitional_prior), fragment_prior)
     if centroids_mm is not None and n > 1:
         if np.shape(centroids_mm) != (n, 3):
             raise ValueError(f"centroids_mm must be ({n}, 3), got {np.shape(centroids_mm)}")
         gap = gap_probabilities(centroids_mm)[:, None, None]
-        skip = _with_none_states(chain.transitions(transitional_prior, skip=1))
+        skip = _with_none_states(chain.transitions(transitional_prior, skip=1), fragment_prior)
         log_t = np.logaddexp(log_t[None] + np.log1p(-gap), skip[None] + np.log(gap))
     path, _ = viterbi(emit, log_t)
-    on_spine = (path > 0) & (path <= len(chain.states))
+    on_spine = (path > 0) & (path <= levels)
     labels = np.zeros(n, dtype=np.int64)
     confidence = np.zeros(n)
     rows = np.flatnonzero(on_spine)
@@ -161,14 +167,22 @@ def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, all
     return Decoded(labels, confidence)
 
 
-def _with_none_states(log_t: np.ndarray) -> np.ndarray:
-    """Level transitions (S, S) -> (S + 2, S + 2) with "above" (first) and "below" (last) non-vertebra states:
-    above stays or enters any level, any level may end the spine, below stays."""
+def _with_none_states(log_t: np.ndarray, fragment_prior: float) -> np.ndarray:
+    """Level transitions (S, S) -> (2S + 2, 2S + 2) with non-vertebra states: "above" (first) stays or enters any
+    level; "after level a" (S states following the levels) is entered from level a or itself at `fragment_prior`
+    and leaves as level a would; any level may end the spine in "below" (last), which stays."""
     s = log_t.shape[0]
-    out = np.full((s + 2, s + 2), -np.inf)
-    out[1:-1, 1:-1] = log_t
-    out[0, :-1] = 0.0
-    out[1:, -1] = 0.0
+    levels, fragments = slice(1, s + 1), slice(s + 1, 2 * s + 1)
+    out = np.full((2 * s + 2, 2 * s + 2), -np.inf)
+    out[levels, levels] = log_t
+    out[fragments, levels] = log_t
+    index = np.arange(s)
+    entry = np.log(fragment_prior) if fragment_prior > 0 else -np.inf
+    out[1 + index, s + 1 + index] = entry
+    out[s + 1 + index, s + 1 + index] = entry
+    out[0, :s + 1] = 0.0
+    out[1:s + 1, -1] = 0.0
+    out[-1, -1] = 0.0
     return out
 
 
@@ -211,11 +225,12 @@ def decode_paper(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, 
 
 def decode(name: DecoderName, probs: np.ndarray, protocol: Protocol, allow_l6: bool = False,
            allow_t13: bool = False, centroids_mm: np.ndarray | None = None,
-           background: np.ndarray | None = None) -> Decoded:
+           background: np.ndarray | None = None, fragment_prior: float = FRAGMENT_PRIOR) -> Decoded:
     """Dispatch by decoder name (`InferenceConfig.decoder`); `centroids_mm` makes `dp` gap-aware, `background`
-    gives it the evidence for its "not a vertebra" end states."""
+    gives it the evidence for its "not a vertebra" states."""
     if name == "dp":
-        return decode_dp(probs, protocol, allow_l6, allow_t13, centroids_mm=centroids_mm, background=background)
+        return decode_dp(probs, protocol, allow_l6, allow_t13, centroids_mm=centroids_mm, background=background,
+                         fragment_prior=fragment_prior)
     if name == "paper":
         return decode_paper(probs, protocol, allow_l6, allow_t13)
     raise ValueError(f"unknown sequence decoder {name!r}; choose 'dp' or 'paper'")

@@ -14,8 +14,8 @@ import torch
 from vertseg.io import atomic_path
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; the message names the file."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used; the message names the file."""
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
@@ -30,9 +30,12 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated / foreign / unsafe files
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {error}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {str(error).splitlines()[0]}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
+    return payload
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -60,9 +63,29 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+# The weights a checkpoint's training validated (`inference_weights`), else these in order: EMA teacher first (2.4.3).
+WEIGHT_KEYS = ("teacher", "ema", "teacher_state", "student", "model", "student_state", "state_dict")
+
+
+def model_weights(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, its key): the weights inference and fine-tuning use, with DDP/compile prefixes removed so any
+    saved wrapper loads into the plain network."""
+    validated = {"teacher": "teacher", "student": "model"}.get(payload.get("inference_weights"))
+    for key in ((validated,) if validated else ()) + WEIGHT_KEYS:
+        state = payload.get(key)
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return {_unprefixed(name): value for name, value in state.items()}, key
+    raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(WEIGHT_KEYS)})")
+
+
+def _unprefixed(name: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
 # ---- fine-tuning (`vertseg train --init-from`) ------------------------------------------------------------------
-# The weights a checkpoint's training validated (`inference_weights`), else these in order: EMA teacher first.
-INIT_KEYS = ("teacher", "model", "state_dict")
 
 
 @dataclass
@@ -86,23 +109,6 @@ class InitReport:
             if names:
                 lines.append(f"  {what}: {', '.join(names)}")
         return "\n".join(lines)
-
-
-def init_weights(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, its key) to fine-tune from, with DDP/compile prefixes removed."""
-    validated = {"teacher": "teacher", "student": "model"}.get(payload.get("inference_weights"))
-    for key in ((validated,) if validated else ()) + INIT_KEYS:
-        state = payload.get(key)
-        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            return {_unprefixed(name): value for name, value in state.items()}, key
-    raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(INIT_KEYS)})")
-
-
-def _unprefixed(name: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
 
 
 def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, weights: str) -> InitReport:

@@ -22,9 +22,9 @@ from vertseg.training.checkpoint import (
     CheckpointError,
     InitReport,
     capture_rng,
-    init_weights,
     load_checkpoint,
     load_matching,
+    model_weights,
     restore_rng,
 )
 from vertseg.training.ema import EMATeacher
@@ -286,7 +286,7 @@ class Trainer:
         """Fine-tuning: every student starts from a checkpoint's deployed weights, the teacher from the first
         student; optimiser, schedule and counters stay fresh. Tensors whose shape differs (e.g. the identification
         head of another class count) keep their fresh initialisation and are listed in the report."""
-        state, key = init_weights(load_checkpoint(path), path)
+        state, key = model_weights(load_checkpoint(path), path)
         report = load_matching(self.bundle.members[0], state, Path(path), key)
         if report.fraction < MIN_INIT_FRACTION:
             raise CheckpointError(f"--init-from {path}: only {report.fraction:.0%} of this network's weights match the "

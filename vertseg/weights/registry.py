@@ -60,12 +60,13 @@ def _check_name(value: str, what: str) -> str:
 
 def _summary(path: Path) -> tuple[dict, str]:
     """(model summary, config YAML) of a checkpoint, or a RegistryError naming the file."""
-    from vertseg.inference.model_loading import CheckpointError, checkpoint_config, read_checkpoint, state_dict_of
+    from vertseg.inference.model_loading import checkpoint_config
+    from vertseg.training.checkpoint import CheckpointError, load_checkpoint, model_weights
 
     try:
-        payload = read_checkpoint(path)
+        payload = load_checkpoint(path)
         config = checkpoint_config(payload, path)
-        _, key = state_dict_of(payload, path)
+        _, key = model_weights(payload, path)
     except CheckpointError as error:
         raise RegistryError(f"not a usable vertseg checkpoint: {error}") from None
     summary = {
