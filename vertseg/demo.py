@@ -248,7 +248,7 @@ def stage_reference(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     _predict(REFERENCE, test, out / "predictions", pools.test, advance)
     metrics = headline(evaluate_predictions(out / "predictions", [test], out / "evaluation" / "evaluation.json"))
     advance(pools.test, pools.test, percent(metrics))
-    return {"checkpoint": str(REFERENCE), "predictions": str(out / "predictions"),
+    return {"checkpoint": str(REFERENCE), "cases": pools.test, "predictions": str(out / "predictions"),
             "evaluation": str(out / "evaluation" / "evaluation.json"), "metrics": metrics}
 
 
@@ -356,8 +356,8 @@ def summary_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     reference = results["reference"]
     lines = [
         "test metrics: " + percent(results["evaluate"]["metrics"]) + " (the model trained here, minutes)",
-        "reference model: " + percent(reference["metrics"]) + f" (bundled {Path(reference['checkpoint']).name}, "
-        "2,880 steps on phantoms, on fresh ones)",
+        "reference model: " + percent(reference["metrics"]) + f" (bundled {Path(reference['checkpoint']).name}: "
+        f"2,880 training steps on phantoms; {reference['cases']} phantoms it never saw)",
         "stage seconds: " + ", ".join(f"{s} {results[s].get('seconds', 0):.0f}" for s in STAGES),
         f"outputs:     {out}",
         f"predictions: {results['predict']['predictions']}  (<case>/<case>_seg.nii.gz, _ctd.json, _vertebrae.csv)",
