@@ -137,3 +137,39 @@ def test_the_bundled_reference_model_is_the_file_its_provenance_describes():
 
     provenance = json.loads(REFERENCE.with_suffix(".json").read_text())
     assert provenance["file"] == REFERENCE.name and provenance["sha256"] == sha256_of(REFERENCE)
+
+
+def test_a_larger_test_pool_starts_with_the_benchmarked_one(tmp_path):
+    import hashlib
+    from dataclasses import replace
+
+    from vertseg.bench.quality import extended_test_pool
+    from vertseg.steps import make_phantom_pools
+
+    pools = PhantomPools(training=0, validation=0, unlabeled=0, test=1, seed=5, size="small")
+    default = make_phantom_pools(tmp_path / "data", pools)["test"]
+    larger = extended_test_pool(tmp_path, replace(pools, test=1), 2)
+
+    def scans(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*_ct.nii.gz"))}
+
+    assert len(scans(larger)) == 2 and scans(default).items() <= scans(larger).items()
+    written = (larger / "synth.json").stat().st_mtime_ns
+    assert extended_test_pool(tmp_path, pools, 2) == larger
+    assert (larger / "synth.json").stat().st_mtime_ns == written  # written once, then reused
+
+
+def test_a_finished_scored_run_is_reused_without_training_and_keeps_its_training_time(tmp_path):
+    import json
+
+    from vertseg.bench.quality import _finished
+    from vertseg.training.checkpoint import save_checkpoint
+
+    run, scored = tmp_path / "runs" / "fsl-seed0", tmp_path / "outcomes" / "fsl-seed0.json"
+    save_checkpoint(run / "best" / "checkpoint.pt", {"epoch": 2})
+    save_checkpoint(run / "checkpoints" / "latest.pt", {"epoch": 3})
+    assert _finished(run, 3, scored)[0] is None  # never scored: the benchmark has not seen it finish
+    scored.parent.mkdir()
+    scored.write_text(json.dumps({"train_seconds": 1128.0}))
+    assert _finished(run, 3, scored) == (run / "best" / "checkpoint.pt", 1128.0)
+    assert _finished(run, 4, scored)[0] is None  # a longer schedule still has epochs to train

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,9 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Path, work: Path, threads: int,
-            labeled_fraction: float = LABELED_FRACTION) -> RunOutcome:
-    """Train, predict and evaluate one (method, seed) in this process; the outcome is saved for reuse."""
+            labeled_fraction: float = LABELED_FRACTION, tag: str = "") -> RunOutcome:
+    """Train (or reuse the finished run), predict and evaluate one (method, seed) in this process; the outcome is
+    saved for reuse under the run's name plus `tag` (which test pool scored it)."""
     import torch
 
     from vertseg.distributed.train import run_training
@@ -206,23 +207,39 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
     name = f"{method}-seed{seed}"
     config = load_config(RESOURCES / "demo.yaml", overrides + [f"train.method={method}", f"train.seed={seed}",
                                                                f"train.labeled_fraction={labeled_fraction}"])
-    runs = work / "runs"
-    start = time.perf_counter()
-    result = run_training(config, store, None, num_workers=0, use_gpu=torch.cuda.is_available(), run_name=name,
-                          storage_path=runs, mlflow_uri="none", resume=(runs / name / "checkpoints" / "latest.pt").exists(),
-                          volume_validation=partial(volume_validator, Path(store).resolve()))
-    train_seconds = time.perf_counter() - start
-    if result.interrupted:
-        raise RuntimeError(f"{name}: training was interrupted; rerun the benchmark to resume it")
-    pred = work / "predictions" / name
-    predict_folder(result.checkpoint_path, [test], pred)
+    run_dir = work / "runs" / name
+    checkpoint, train_seconds = _finished(run_dir, config.train.schedule.epochs, work / "outcomes" / f"{name}.json")
+    if checkpoint is None:
+        start = time.perf_counter()
+        result = run_training(config, store, None, num_workers=0, use_gpu=torch.cuda.is_available(), run_name=name,
+                              storage_path=run_dir.parent, mlflow_uri="none",
+                              resume=(run_dir / "checkpoints" / "latest.pt").exists(),
+                              volume_validation=partial(volume_validator, Path(store).resolve()))
+        train_seconds = time.perf_counter() - start
+        if result.interrupted:
+            raise RuntimeError(f"{name}: training was interrupted; rerun the benchmark to resume it")
+        checkpoint, run_dir = result.checkpoint_path, result.run_dir
+    pred = work / "predictions" / f"{name}{tag}"
+    predict_folder(checkpoint, [test], pred)
     metrics = evaluate_predictions(pred, [test], pred / "evaluation.json")
-    found = diagnostics(_history(result.run_dir), config.train.schedule.e_cons)
+    found = diagnostics(_history(run_dir), config.train.schedule.e_cons)
     if get_method(method).uses_teacher:
-        found.update(student_metrics(result.checkpoint_path, test, work / "predictions" / f"{name}-student"))
+        found.update(student_metrics(checkpoint, test, work / "predictions" / f"{name}{tag}-student"))
     outcome = RunOutcome(method, seed, metrics, found, round(train_seconds, 1))
-    atomic_write_json(work / "outcomes" / f"{name}.json", outcome.__dict__)
+    atomic_write_json(work / "outcomes" / f"{name}{tag}.json", outcome.__dict__)
     return outcome
+
+
+def _finished(run_dir: Path, epochs: int, scored: Path) -> tuple[Path | None, float]:
+    """(best checkpoint, training seconds) of a run that trained all `epochs` and was scored before, else (None,
+    nan): scoring it on another test pool needs no training, and no resume (which would refuse a config whose
+    inference defaults changed since)."""
+    from vertseg.training.checkpoint import load_checkpoint
+
+    best, latest = run_dir / "best" / "checkpoint.pt", run_dir / "checkpoints" / "latest.pt"
+    if not (best.exists() and latest.exists() and scored.exists()) or int(load_checkpoint(latest)["epoch"]) < epochs:
+        return None, math.nan
+    return best, float(json.loads(scored.read_text())["train_seconds"])
 
 
 def student_metrics(checkpoint: Path, test: Path, pred: Path) -> dict[str, float]:
@@ -244,28 +261,29 @@ def _line(outcome: RunOutcome) -> str:
 
 def run_all(jobs: list[tuple[str, int]], overrides: list[str], store: Path, test: Path, work: Path, parallel: int,
             threads: int, echo: Callable[[str], None], e_cons: int = 0,
-            labeled_fraction: float = LABELED_FRACTION) -> list[RunOutcome]:
-    """Every (method, seed), `parallel` at a time in separate processes; saved outcomes are reused."""
+            labeled_fraction: float = LABELED_FRACTION, tag: str = "") -> list[RunOutcome]:
+    """Every (method, seed), `parallel` at a time in separate processes; saved outcomes (of this `tag`'s test pool)
+    and finished trainings are reused."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
     outcomes: dict[tuple[str, int], RunOutcome] = {}
     todo = []
     for method, seed in jobs:
-        saved = work / "outcomes" / f"{method}-seed{seed}.json"
+        saved = work / "outcomes" / f"{method}-seed{seed}{tag}.json"
         if saved.exists():  # diagnostics are re-read from the run, so a newer benchmark version reports them all
             outcome = RunOutcome(**json.loads(saved.read_text()))
             run_dir = work / "runs" / f"{method}-seed{seed}"
             found = {**outcome.diagnostics, **diagnostics(_history(run_dir), e_cons)}
             if get_method(method).uses_teacher and "student_dice" not in found:
                 found.update(student_metrics(run_dir / "best" / "checkpoint.pt", test,
-                                             work / "predictions" / f"{method}-seed{seed}-student"))
+                                             work / "predictions" / f"{method}-seed{seed}{tag}-student"))
             outcomes[(method, seed)] = RunOutcome(outcome.method, outcome.seed, outcome.metrics, found, outcome.train_seconds)
             echo(f"reused  {_line(outcomes[(method, seed)])}")
         else:
             todo.append((method, seed))
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, m, s, overrides, store, test, work, threads, labeled_fraction): (m, s)
+        futures = {pool.submit(run_one, m, s, overrides, store, test, work, threads, labeled_fraction, tag): (m, s)
                    for m, s in todo}
         for future in as_completed(futures):
             outcomes[futures[future]] = future.result()
@@ -310,11 +328,24 @@ def store_labels(store: Path, config: Any) -> dict[str, set[int]]:
             for case in vertstore.cases(split="training", pool="labeled")}
 
 
+def extended_test_pool(work: Path, pools: PhantomPools, cases: int) -> Path:
+    """A test pool of `cases` phantoms from the same seed as the default one (whose scans it starts with), in its own
+    folder, so finished trainings can be scored on more scans than the pool they were benchmarked with."""
+    from vertseg.data.synth.dataset import RECORD_NAME
+    from vertseg.steps import make_phantom_pools
+
+    folder = work / "data" / f"test-{cases}"
+    if not (folder / "test" / RECORD_NAME).exists():  # written last: an interrupted pool is written again
+        make_phantom_pools(folder, replace(pools, training=0, validation=0, unlabeled=0, test=cases))
+    return folder / "test"
+
+
 def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path, parallel: int = 2,
                       threads: int = 1, echo: Callable[[str], None] = print, budget: int = 1,
-                      labeled_fraction: float = LABELED_FRACTION, extra_overrides: list[str] | None = None) -> Path:
+                      labeled_fraction: float = LABELED_FRACTION, extra_overrides: list[str] | None = None,
+                      test_cases: int | None = None) -> Path:
     """Phantoms + store once, then every (method, seed) run; writes the `quality` section of `output`
-    (`quality-xN` for a longer budget, so the default table stays)."""
+    (`quality-xN` for a longer budget, so the default table stays; `-testN` for another test pool size)."""
     from vertseg.steps import make_phantom_pools, pool_sources, preprocess_in_process
 
     start = time.perf_counter()
@@ -331,21 +362,26 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
         echo(f"writing {pools} phantoms and the store under {work}")
         folders = make_phantom_pools(work / "data", pools)
         preprocess_in_process(pool_sources([folders["labeled"]]), store, config)
-    test = work / "data" / "test"
+    test, tag = work / "data" / "test", ""
+    if test_cases is not None and test_cases != pools.test:
+        test, tag = extended_test_pool(work, pools, test_cases), f"-test{test_cases}"
     jobs = [(method, seed) for seed in range(seeds) for method in methods]
     outcomes = run_all(jobs, overrides, store, test, runs_dir, parallel, threads, echo, config.train.schedule.e_cons,
-                       labeled_fraction)
-    body = render(outcomes, methods, pools, overrides, time.perf_counter() - start, parallel, threads,
+                       labeled_fraction, tag)
+    scored = replace(pools, test=test_cases or pools.test)
+    body = render(outcomes, methods, scored, overrides, time.perf_counter() - start, parallel, threads,
                   config.train.schedule, labeled_fraction) + "\n\n" + labeled_coverage(store_labels(store, config), seeds,
                                                                           labeled_fraction)
     command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (
         f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "") + (
         f" --budget {budget}" if budget != 1 else "") + (
         f" --labeled-fraction {labeled_fraction:g}" if labeled_fraction != LABELED_FRACTION else "") + "".join(
-        f" --set {o}" for o in extra)
+        f" --set {o}" for o in extra) + (f" --test-cases {test_cases}" if tag else "")
     key, title = "quality", f"Model quality at {100 * labeled_fraction:g}% labels on phantoms: {' vs '.join(methods)}"
     if budget != 1:
         key, title = f"quality-x{budget}", f"{title} ({budget}x the training steps)"
     if runs_dir != work:
         key, title = f"{key}-{variant}", f"{title}, {', '.join(extra) or 'defaults'}"
+    if tag:
+        key, title = f"{key}{tag}", f"{title}, scored on {test_cases} test phantoms"
     return write_section(key, title, command, body, output)

@@ -41,6 +41,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         labeled_fraction: float = typer.Option(0.25, "--labeled-fraction", min=0.01, max=1.0,
                                                help="Share of the labeled pool that keeps its labels (Table 2)."),
         overrides: list[str] = typer.Option([], "--set", help="Config override key=value for every run (an ablation); own section."),
+        test_cases: int = typer.Option(None, "--test-cases", min=1,
+                                       help="Score on this many test phantoms (the pool's first ones and more; "
+                                            "finished trainings are reused); own section."),
     ) -> None:
         """fsl vs proposed (and any SSL baseline) at 25% labels on held-out phantoms: Dice, Acc_ID and VerSe id-rate,
         mean ± std over seeds, with the consistency diagnostics; writes the `quality` section of docs/benchmarks.md."""
@@ -55,7 +58,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail(f"--methods takes {', '.join(get_args(Method))}; unknown: {', '.join(unknown) or '(none given)'}")
         path = run_quality_bench(chosen, seeds, full, workdir, output, parallel, threads,
                                  echo=lambda line: console.print(line, highlight=False), budget=budget,
-                                 labeled_fraction=labeled_fraction, extra_overrides=overrides)
+                                 labeled_fraction=labeled_fraction, extra_overrides=overrides, test_cases=test_cases)
         console.print(f"wrote {path}", highlight=False)
 
     @bench_app.command("identification")

@@ -16,8 +16,8 @@ classes 1..K. Output: one VerSe label per instance, anatomically ordered and wit
   it may skip one level between two instances whose distance is much larger than the neighbouring steps. Instances
   before the first and after the last level may be "not a vertebra" (label 0: skull base, sacrum, fragments), and
   so may an instance between two levels (a fragment, or a split piece of one vertebra) at an extra cost
-  `fragment_prior` (`FRAGMENT_PRIOR`; 0: ends only): without that, one piece too many in mid-spine either shifts every label after it or ends the
-  spine there.
+  `fragment_prior` (`FRAGMENT_PRIOR`; 0: ends only): without that, one piece too many in mid-spine either shifts
+  every label after it or ends the spine there.
 """
 
 from __future__ import annotations
