@@ -89,6 +89,10 @@ def test_validation_and_inference_use_the_same_weights(tmp_path):
     trainer.train_epoch(iter([phantom_batch(1)]))  # epoch E_cons: restart, one consistency step
     assert trainer.deployed_weights == "teacher"
     assert model_weights(trainer.state_dict(), "c.pt")[1] == "teacher"
+    student, key = model_weights(trainer.state_dict(), "c.pt", "model")  # the student scored beside the teacher
+    assert key == "model" and all(torch.equal(student[k], v) for k, v in trainer.bundle.members[0].state_dict().items())
+    with pytest.raises(CheckpointError, match="looked for ema"):
+        model_weights(trainer.state_dict(), "c.pt", "ema")
     fsl = Trainer(build_config({}, SMALL + ["train.method=fsl"]))
     fsl.epoch = 5
     assert fsl.deployed_weights == "student"

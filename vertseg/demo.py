@@ -226,8 +226,9 @@ def stage_evaluate(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
 
         now = int(time.time() * 1000)
         MlflowClient(tracking_uri=ctx.tracking_uri).log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-    advance(1, 1, percent(headline(metrics)))
-    return {"evaluation": str(out_json), "metrics": headline(metrics)}
+    shown = headline(metrics)
+    advance(1, 1, percent(shown))
+    return {"evaluation": str(out_json), "metrics": shown}
 
 
 def stage_reference(ctx: DemoContext, advance: Advance) -> dict[str, Any]:

@@ -82,12 +82,8 @@ def predict_folder(
     from vertseg.inference.model_loading import load_model, resolve_device
     from vertseg.inference.predictor import Predictor
     from vertseg.inference.runner import predict_all, write_summary
-    from vertseg.training.checkpoint import load_checkpoint
 
-    model, config, key = load_model(checkpoint)
-    if student:
-        key = "model"
-        model.load_state_dict(load_checkpoint(checkpoint)[key])
+    model, config, key = load_model(checkpoint, weights="model" if student else None)
     predictor = Predictor(model, config, resolve_device("auto"))
     jobs = collect_jobs(inputs)
     if not jobs:

@@ -65,14 +65,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def diagnostics(history: list[dict[str, Any]], e_cons: int) -> dict[str, float]:
     """What the consistency term did: lambda reached, mean mask pass fractions and loss over the epochs it was on."""
+    from vertseg.training.trainer import selection_score
+
     active = [h for h in history if h.get("epoch", 0) > e_cons]
     consistency = any("pass_seg" in h for h in history)  # methods without a consistency term log no mask passes
     out = {"lambda_final": float(history[-1].get("lambda_cons", math.nan)) if history and consistency else math.nan}
     for key in ("pass_seg", "pass_cls", "loss_cons_seg", "loss_cons_cls"):
         values = [float(h[key]) for h in active if key in h]
         out[key] = sum(values) / len(values) if values else math.nan
-    from vertseg.training.trainer import selection_score
-
     validated = [h for h in history if "val_dice" in h]
     best = max(validated, key=selection_score, default=None)  # the trainer's rule: the checkpoint `predict` uses
     out["val_score_best"] = selection_score(best) if best else math.nan

@@ -53,11 +53,13 @@ def _without_retired_inference_keys(raw: dict[str, Any], path: Path | str) -> di
     return {**raw, "inference": {key: value for key, value in section.items() if key not in retired}}
 
 
-def load_model(path: Path | str, overrides: list[str] | None = None) -> tuple[nn.Module, VertsegConfig, str]:
-    """(network in eval mode on CPU, its config, which weights were used)."""
+def load_model(path: Path | str, overrides: list[str] | None = None,
+               weights: str | None = None) -> tuple[nn.Module, VertsegConfig, str]:
+    """(network in eval mode on CPU, its config, which weights were used): those the training validated, or the
+    state dict under `weights` (e.g. "model", the student of a checkpoint that deploys its EMA teacher)."""
     payload = load_checkpoint(path)
     config = checkpoint_config(payload, path, overrides)
-    state, key = model_weights(payload, path)
+    state, key = model_weights(payload, path, weights)
     model = build_model(config.model)
     try:
         model.load_state_dict(state, strict=True)

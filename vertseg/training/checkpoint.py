@@ -67,15 +67,17 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 WEIGHT_KEYS = ("teacher", "ema", "teacher_state", "student", "model", "student_state", "state_dict")
 
 
-def model_weights(payload: dict[str, Any], path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, its key): the weights inference and fine-tuning use, with DDP/compile prefixes removed so any
-    saved wrapper loads into the plain network."""
+def model_weights(payload: dict[str, Any], path: Path | str,
+                  only: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, its key): the weights inference and fine-tuning use (or exactly those under `only`), with
+    DDP/compile prefixes removed so any saved wrapper loads into the plain network."""
     validated = {"teacher": "teacher", "student": "model"}.get(payload.get("inference_weights"))
-    for key in ((validated,) if validated else ()) + WEIGHT_KEYS:
+    keys = (only,) if only else ((validated,) if validated else ()) + WEIGHT_KEYS
+    for key in keys:
         state = payload.get(key)
         if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
             return {_unprefixed(name): value for name, value in state.items()}, key
-    raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(WEIGHT_KEYS)})")
+    raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(keys)})")
 
 
 def _unprefixed(name: str) -> str:
