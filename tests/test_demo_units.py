@@ -159,17 +159,20 @@ def test_a_larger_test_pool_starts_with_the_benchmarked_one(tmp_path):
     assert (larger / "synth.json").stat().st_mtime_ns == written  # written once, then reused
 
 
-def test_a_finished_scored_run_is_reused_without_training_and_keeps_its_training_time(tmp_path):
+@pytest.mark.parametrize("scored_on", ["fsl-seed0.json", "fsl-seed0-test12.json"])
+def test_a_finished_scored_run_is_reused_without_training_and_keeps_its_training_time(tmp_path, scored_on):
     import json
 
     from vertseg.bench.quality import _finished
     from vertseg.training.checkpoint import save_checkpoint
 
-    run, scored = tmp_path / "runs" / "fsl-seed0", tmp_path / "outcomes" / "fsl-seed0.json"
+    run, outcomes = tmp_path / "runs" / "fsl-seed0", tmp_path / "outcomes"
     save_checkpoint(run / "best" / "checkpoint.pt", {"epoch": 2})
     save_checkpoint(run / "checkpoints" / "latest.pt", {"epoch": 3})
-    assert _finished(run, 3, scored)[0] is None  # never scored: the benchmark has not seen it finish
-    scored.parent.mkdir()
-    scored.write_text(json.dumps({"train_seconds": 1128.0}))
-    assert _finished(run, 3, scored) == (run / "best" / "checkpoint.pt", 1128.0)
-    assert _finished(run, 4, scored)[0] is None  # a longer schedule still has epochs to train
+    assert _finished(run, 3, outcomes, "fsl-seed0")[0] is None  # never scored: the benchmark has not seen it finish
+    outcomes.mkdir()
+    (outcomes / "fsl-seed00.json").write_text(json.dumps({"train_seconds": 5.0}))  # another run's outcome
+    assert _finished(run, 3, outcomes, "fsl-seed0")[0] is None
+    (outcomes / scored_on).write_text(json.dumps({"train_seconds": 1128.0}))  # scored on either test pool
+    assert _finished(run, 3, outcomes, "fsl-seed0") == (run / "best" / "checkpoint.pt", 1128.0)
+    assert _finished(run, 4, outcomes, "fsl-seed0")[0] is None  # a longer schedule still has epochs to train

@@ -1,4 +1,4 @@
-"""Every phantom layout through readers + preprocessing: whole-vertebra volumes within 3 %, body centroids within 1.5 mm."""
+"""Every phantom layout through readers + preprocessing: whole-vertebra volumes within 3 % (0.3 ml), body centroids within 1.5 mm."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_phantom_layout_preprocesses_faithfully(tmp_path, layout):
         whole = set(np.flatnonzero(counts[1:]) + 1) - set(record["partial"])  # slivers cut by the field of view: no 3 % claim
         for label in sorted(whole):
             volume = counts[label] * voxel_ml
-            assert abs(attrs["label_volume_ml"][str(label)] - volume) / volume < 0.03, (source.case_id, label)
+            # 3 %, or 0.3 ml for cervical vertebrae (5-9 ml), where one flipped boundary layer is a larger share
+            assert abs(attrs["label_volume_ml"][str(label)] - volume) < max(0.03 * volume, 0.3), (source.case_id, label)
         for label, centre in record["centroids_ras"].items():
             if label in attrs["centroids"]["body"]:
                 stored = lps_to_ras(attrs["centroids"]["body"][label]["lps"])

@@ -208,7 +208,7 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
     config = load_config(RESOURCES / "demo.yaml", overrides + [f"train.method={method}", f"train.seed={seed}",
                                                                f"train.labeled_fraction={labeled_fraction}"])
     run_dir = work / "runs" / name
-    checkpoint, train_seconds = _finished(run_dir, config.train.schedule.epochs, work / "outcomes" / f"{name}.json")
+    checkpoint, train_seconds = _finished(run_dir, config.train.schedule.epochs, work / "outcomes", name)
     if checkpoint is None:
         start = time.perf_counter()
         result = run_training(config, store, None, num_workers=0, use_gpu=torch.cuda.is_available(), run_name=name,
@@ -230,16 +230,17 @@ def run_one(method: str, seed: int, overrides: list[str], store: Path, test: Pat
     return outcome
 
 
-def _finished(run_dir: Path, epochs: int, scored: Path) -> tuple[Path | None, float]:
-    """(best checkpoint, training seconds) of a run that trained all `epochs` and was scored before, else (None,
-    nan): scoring it on another test pool needs no training, and no resume (which would refuse a config whose
-    inference defaults changed since)."""
+def _finished(run_dir: Path, epochs: int, outcomes: Path, name: str) -> tuple[Path | None, float]:
+    """(best checkpoint, training seconds) of a run that trained all `epochs` and was scored before on any test
+    pool (its saved outcome holds the training time), else (None, nan): scoring it on another test pool needs no
+    training, and no resume (which would refuse a config whose inference defaults changed since)."""
     from vertseg.training.checkpoint import load_checkpoint
 
     best, latest = run_dir / "best" / "checkpoint.pt", run_dir / "checkpoints" / "latest.pt"
-    if not (best.exists() and latest.exists() and scored.exists()) or int(load_checkpoint(latest)["epoch"]) < epochs:
+    scored = sorted(outcomes.glob(f"{name}.json")) + sorted(outcomes.glob(f"{name}-test*.json"))
+    if not (best.exists() and latest.exists() and scored) or int(load_checkpoint(latest)["epoch"]) < epochs:
         return None, math.nan
-    return best, float(json.loads(scored.read_text())["train_seconds"])
+    return best, float(json.loads(scored[0].read_text())["train_seconds"])
 
 
 def student_metrics(checkpoint: Path, test: Path, pred: Path) -> dict[str, float]:

