@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from vertseg.data.synth import RECORD_NAME, generate_dataset, make_phantom
 from vertseg.data.synth.anatomy import level_sequence, sample_spine
 from vertseg.data.synth.landmarks import distance_stats, parse_landmarks, verse19_distance_stats
-from vertseg.data.synth.scan import SIZES, sample_grid
+from vertseg.data.synth.scan import SIZES, body_in_view, sample_grid
 from vertseg.labels import L6, T13
 
 
@@ -139,9 +139,7 @@ def test_fields_of_view_show_every_level_about_equally_often():
         spine = sample_spine(rng)
         grid = sample_grid(spine, rng, SIZES["medium"], ("R", "A", "S"))
         for vertebra in spine.labeled:
-            half = vertebra.h / 2 * vertebra.frame[:, 2]
-            ends = grid.to_index(np.stack([vertebra.centre + half, vertebra.centre - half]))
-            in_view[vertebra.label] += bool(np.all(ends >= -0.5) and np.all(ends <= np.asarray(grid.shape) - 0.5))
+            in_view[vertebra.label] += body_in_view(vertebra, grid)
     share = in_view[1:] / 200
     assert share.min() > 0.25 and share.max() / share.min() < 1.6, share.round(2)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from vertseg.data.synth.anatomy import Spine, sample_spine
+from vertseg.data.synth.anatomy import Spine, Vertebra, sample_spine
 from vertseg.data.synth.grid import Grid
 from vertseg.data.synth.render import render
 
@@ -105,6 +105,13 @@ def sample_grid(spine: Spine, rng: np.random.Generator, preset: SizePreset, code
     return Grid(tuple(int(n) for n in shape), affine)
 
 
+def body_in_view(vertebra: Vertebra, grid: Grid) -> bool:
+    """Whether both end plates of the vertebral body lie inside the grid (VerSe annotates only such vertebrae)."""
+    half = vertebra.h / 2 * vertebra.frame[:, 2]
+    ends = grid.to_index(np.stack([vertebra.centre + half, vertebra.centre - half]))
+    return bool(np.all(ends >= -0.5) and np.all(ends <= np.asarray(grid.shape) - 0.5))
+
+
 def make_phantom(
     rng: np.random.Generator,
     size: str = "small",
@@ -134,14 +141,11 @@ def make_phantom(
     hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
     present = set(np.flatnonzero(np.bincount(labels.ravel(), minlength=1)).tolist()) - {0}
-    inside = lambda q: bool(np.all(q >= -0.5) and np.all(q <= np.asarray(grid.shape) - 0.5))  # noqa: E731
     visible, partial = {}, []
     for vertebra in spine.labeled:
         if vertebra.label not in present:
             continue
-        half = vertebra.h / 2 * vertebra.frame[:, 2]
-        ends = grid.to_index(np.stack([vertebra.centre + half, vertebra.centre - half]))
-        if inside(ends[0]) and inside(ends[1]):  # the whole body is in view
+        if body_in_view(vertebra, grid):
             visible[vertebra.label] = grid.to_index(vertebra.centre[None])[0]
         else:
             partial.append(vertebra.label)
