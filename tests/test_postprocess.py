@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -174,3 +176,60 @@ def test_gap_aware_dp_skips_the_level_of_a_missed_vertebra():
     gap_aware = PostprocessSettings(min_fragment_ml=0.1, gap_aware=True)
     _, records = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), gap_aware)
     assert [r.label for r in records] == [20, 21, 23, 24]
+
+
+def _levels(rows: list[dict[int, float]], k: int = 24) -> np.ndarray:
+    """Class probability rows from {protocol class: probability}, the rest spread evenly."""
+    probs = np.zeros((len(rows), k))
+    for i, row in enumerate(rows):
+        probs[i] = (1 - sum(row.values())) / (k - len(row))
+        for cls, p in row.items():
+            probs[i, cls - 1] = p
+    return probs
+
+
+def test_split_aware_dp_keeps_one_level_over_a_piece_cut_off_a_vertebra():
+    # T11 T12 [piece of T12] L1 L2 L3, evenly spaced, with a trained network's weak evidence; the piece (a fifth
+    # of a vertebra) leans to T12.
+    probs = _levels([{18: 0.3}, {19: 0.3}, {19: 0.2, 20: 0.15}, {20: 0.3}, {21: 0.3}, {22: 0.3}])
+    centres = np.array([[0.0, 0.0, 25.0 * i] for i in range(6)])
+    volumes = np.array([10.0, 10.0, 2.0, 10.0, 10.0, 10.0])
+    assert decode_dp(probs, C1_L5, centroids_mm=centres, volumes=volumes).labels.tolist() == [18, 19, 19, 20, 21, 22]
+    # Without the piece model one of the two shifts: the consecutive chain has no place for a sixth instance.
+    assert decode_dp(probs, C1_L5, centroids_mm=centres).labels.tolist() != [18, 19, 19, 20, 21, 22]
+    # A piece a fraction of a step from its body joins it whatever its size.
+    close = centres.copy()
+    close[2, 2] = 27.0
+    same_size = np.full(6, 10.0)
+    assert decode_dp(probs, C1_L5, centroids_mm=close, volumes=same_size).labels.tolist() == [18, 19, 19, 20, 21, 22]
+
+
+def test_a_piece_joins_one_neighbour_and_never_bridges_two_vertebrae_into_one_level():
+    # T11 T12 [piece] L1 L2 L3, where the network tells T12 and L1 apart no better than the piece between them:
+    # a piece small next to both neighbours must not let all three share one level.
+    probs = _levels([{18: 0.3}, {19: 0.2, 20: 0.2}, {19: 0.2, 20: 0.2}, {19: 0.2, 20: 0.2}, {21: 0.3}, {22: 0.3}])
+    centres = np.array([[0.0, 0.0, 25.0 * i] for i in range(6)])
+    volumes = np.array([10.0, 10.0, 2.0, 10.0, 10.0, 10.0])
+    assert decode_dp(probs, C1_L5, centroids_mm=centres, volumes=volumes).labels.tolist() == [18, 19, 19, 20, 21, 22]
+
+
+def test_split_aware_dp_leaves_a_vertebra_cut_by_the_field_of_view_its_level():
+    # The last instance is small because the scan ends in it: it is still L3, not a piece of L2.
+    probs = _levels([{17: 0.3}, {18: 0.3}, {19: 0.3}, {20: 0.3}, {21: 0.3}, {22: 0.3, 21: 0.25}])
+    centres = np.array([[0.0, 0.0, 25.0 * i] for i in range(6)])
+    volumes = np.array([10.0, 10.0, 10.0, 10.0, 10.0, 2.0])
+    assert decode_dp(probs, C1_L5, centroids_mm=centres, volumes=volumes).labels.tolist() == [17, 18, 19, 20, 21, 22]
+
+
+def test_labelmap_joins_a_split_off_piece_with_its_vertebra():
+    fg, maps = _phantom(touching=False)
+    fg[41] = 0  # L2 (slices 29-48) loses a slice: slices 42-48 become a piece with no class evidence of its own
+    peaks = PostprocessSettings(min_fragment_ml=0.1, seeds="peaks")
+    labelmap, records = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), peaks)
+    assert [r.label for r in records] == [20, 21, 22, 23, 24]
+    assert [r.voxels for r in records] == [2000, 1900, 2000, 2000, 2000]
+    assert (labelmap[42:49, 9:19, 8:18] == 21).all()
+    # One record per level: the centre of mass of both pieces (1,200 voxels at z 34.5, 700 at z 45).
+    assert records[1].centroid_zyx[0] == pytest.approx((34.5 * 1200 + 45 * 700) / 1900, abs=0.01)
+    _, unjoined = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), replace(peaks, split_aware=False))
+    assert [r.label for r in unjoined] == [19, 20, 21, 22, 23, 24]  # the piece takes a level: all shift by one

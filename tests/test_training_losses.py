@@ -186,6 +186,30 @@ def test_class_competition_prefers_the_right_vertebra_and_punishes_a_swap():
     assert (logits.grad[0, 2, 1] < 0).all() and (logits.grad[0, 1, 1] > 0).all()
 
 
+def test_class_competition_weighs_a_small_vertebra_as_much_as_a_large_one():
+    # Quarter grid 1x1x8: class 1 (a lumbar-sized vertebra) fills cells 0-5, class 2 (cervical-sized) cells 6-7.
+    labels = torch.zeros((1, 4, 4, 32), dtype=torch.long)
+    labels[..., :24] = 1
+    labels[..., 24:] = 2
+    def wrong_on(cells):
+        logits = torch.full((1, 3, 1, 1, 8), -4.0)
+        logits[0, 1, 0, 0, :6], logits[0, 2, 0, 0, 6:] = 4.0, 4.0
+        logits[0, 1:, 0, 0, cells] = logits[0, 1:, 0, 0, cells].flip(0)  # swap the two classes at these cells
+        return logits
+    small_wrong, large_wrong = wrong_on([6, 7]), wrong_on([0, 1, 2, 3, 4, 5])
+    balanced = [class_competition_loss(x, labels, balance="vertebra").item() for x in (small_wrong, large_wrong)]
+    per_cell = [class_competition_loss(x, labels, balance="cell").item() for x in (small_wrong, large_wrong)]
+    # Each vertebra wholly misnamed costs the same; counted per cell the small one costs a third of the large one.
+    assert balanced[0] == pytest.approx(balanced[1], rel=1e-4) and balanced[0] > 3.0
+    assert per_cell[0] == pytest.approx(per_cell[1] / 3, rel=1e-3)
+    # Vertebrae are told apart per scan: class 1 of a second, all-class-1 scan is a third vertebra (8 / 3, not 8 / 2).
+    only_large = torch.ones_like(labels)
+    right_large = torch.full((1, 3, 1, 1, 8), -4.0)
+    right_large[0, 1] = 4.0
+    two = class_competition_loss(torch.cat([small_wrong, right_large]), torch.cat([labels, only_large]))
+    assert two.item() == pytest.approx(2 * balanced[0] / 3, rel=1e-3)
+
+
 def test_supervised_loss_adds_the_competition_term_only_when_configured():
     from vertseg.model.output import SegIdOutput
     from vertseg.training.methods import supervised_loss

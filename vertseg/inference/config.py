@@ -33,6 +33,7 @@ class InferenceConfig(ConfigModel):
     split_merged: bool = True  # split components holding several centroids along nearest-centroid regions
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"  # nearest centroid through the mask, or straight line
     gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)
+    split_aware: bool = True  # dp may give a piece cut off a vertebra (short step or small volume) that vertebra's level
     # bone: ~1 s, where the network's coarse pass costs ~40 s on 2 cores (docs/inference.md)
     localisation: Literal["network", "bone", "none"] = "bone"  # label-free spine box for the fine pass
     localisation_spacing_mm: float = Field(2.0, gt=0)  # coarse network pass; vertebrae stay >= ~20 voxels tall

@@ -17,7 +17,7 @@ into a full-size buffer per class.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +51,7 @@ class PostprocessSettings:
     split_merged: bool = True
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"
     gap_aware: bool = False
+    split_aware: bool = True
     protocol: Protocol = C1_L5
 
     @classmethod
@@ -322,9 +323,11 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         probs = full[:, 1:] / np.clip(full[:, 1:].sum(axis=1, keepdims=True), 1e-12, None)
         bodies = (instance_peaks(ids, np.argmax(probs, axis=1), maps_flat[1:], map_index, maps.shape[1:], fg_prob.shape)
                   - offset if n else ordered.centroids)
-        positions = bodies * np.asarray(spacing, dtype=np.float64) if settings.gap_aware else None
+        steps_used = settings.gap_aware or settings.split_aware
+        positions = ordered.centroids * np.asarray(spacing, dtype=np.float64) if steps_used else None
         decoded = decode(settings.decoder, probs, protocol, settings.allow_l6, settings.allow_t13, positions, background,
-                         settings.fragment_prior)
+                         settings.fragment_prior, gaps=settings.gap_aware,
+                         volumes=ordered.counts if settings.split_aware else None)
     lut = np.zeros(n + 1, dtype=np.uint8)
     lut[1:] = decoded.labels
     labelmap = np.zeros(fg_prob.shape, dtype=np.uint8)
@@ -337,7 +340,23 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         for lab, count, centroid, body, conf, raw in zip(decoded.labels, ordered.counts, ordered.centroids, bodies,
                                                          decoded.confidence, argmax_labels)
     ]
-    return labelmap, records
+    return labelmap, _join_pieces(records)
+
+
+def _join_pieces(records: list[VertebraRecord]) -> list[VertebraRecord]:
+    """One record per level: pieces the split-aware decoder gave the same level are one vertebra in the labelmap
+    too (their voxels carry one label); its centre of mass is theirs, the rest comes from the largest piece."""
+    joined: dict[int, list[VertebraRecord]] = {}
+    for index, record in enumerate(records):
+        joined.setdefault(record.label or -1 - index, []).append(record)
+    out = []
+    for pieces in joined.values():
+        largest = max(pieces, key=lambda r: r.voxels)
+        voxels = sum(r.voxels for r in pieces)
+        centre = sum(np.asarray(r.centroid_zyx) * r.voxels for r in pieces) / voxels
+        out.append(replace(largest, voxels=voxels, volume_ml=round(sum(r.volume_ml for r in pieces), 3),
+                           centroid_zyx=_rounded(centre)))
+    return out
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:

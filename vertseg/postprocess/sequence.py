@@ -17,7 +17,8 @@ classes 1..K. Output: one VerSe label per instance, anatomically ordered and wit
   before the first and after the last level may be "not a vertebra" (label 0: skull base, sacrum, fragments), and
   so may an instance between two levels (a fragment, or a split piece of one vertebra) at an extra cost
   `fragment_prior` (`FRAGMENT_PRIOR`; 0: ends only): without that, one piece too many in mid-spine either shifts
-  every label after it or ends the spine there.
+  every label after it or ends the spine there. Given instance volumes too, `dp` is split-aware: a piece cut off a
+  vertebra (a short step, or much smaller than its neighbours) may keep that vertebra's level.
 """
 
 from __future__ import annotations
@@ -113,24 +114,52 @@ def viterbi(emit: np.ndarray, log_t: np.ndarray) -> tuple[np.ndarray, float]:
     return path, float(delta[path[-1]])
 
 
+def _step_ratios(centroids_mm: np.ndarray) -> np.ndarray:
+    """(N-1,) each step between consecutive instances over the median of up to two steps on either side."""
+    steps = np.linalg.norm(np.diff(np.asarray(centroids_mm, dtype=np.float64), axis=0), axis=1)
+    ratio = np.ones_like(steps)
+    for i in range(steps.size if steps.size >= 2 else 0):
+        others = np.r_[steps[max(0, i - 2):i], steps[i + 1:i + 3]]
+        ratio[i] = steps[i] / max(float(np.median(others)), 1e-6)
+    return ratio
+
+
 def gap_probabilities(centroids_mm: np.ndarray) -> np.ndarray:
     """(N-1,) probability that a level is missing between consecutive instances, from how much longer the step is
     than the neighbouring steps (vertebral height changes slowly along the spine; a missed vertebra about doubles
     the step). A steep logistic in the ratio: 0.5 at 1.6x, about 1e-4 at 1x."""
-    steps = np.linalg.norm(np.diff(np.asarray(centroids_mm, dtype=np.float64), axis=0), axis=1)
-    if steps.size < 2:
-        return np.full(steps.size, 0.01)
-    ratio = np.empty_like(steps)
-    for i in range(steps.size):
-        others = np.r_[steps[max(0, i - 2):i], steps[i + 1:i + 3]]
-        ratio[i] = steps[i] / max(float(np.median(others)), 1e-6)
+    ratio = _step_ratios(centroids_mm)
+    if ratio.size < 2:
+        return np.full(ratio.size, 0.01)
     return np.clip(1.0 / (1.0 + np.exp(-15.0 * (ratio - 1.6))), 1e-4, 1 - 1e-4)
+
+
+def split_probabilities(centroids_mm: np.ndarray, volumes: np.ndarray) -> np.ndarray:
+    """(N-1,) probability that two consecutive instances are pieces of one vertebra. Two cues, the stronger wins:
+    their step is much shorter than the neighbouring steps (a piece cut off a body sits a third of a step from it,
+    a vertebra cut by the field of view still about three quarters: 0.5 at 0.5x, 1e-4 at 1x), or one of them, not
+    at an end of the spine, is much smaller than its neighbours (a lamina or a half body the split cut off holds
+    15-30 % of a vertebra: 0.5 at 40 %, about 0.05 at 55 %). End instances are exempt from the size cue: a
+    vertebra cut by the field of view is small and still a level."""
+    ratio = _step_ratios(centroids_mm)
+    if ratio.size < 2:
+        return np.full(ratio.size, 1e-4)
+    by_step = 1.0 / (1.0 + np.exp(15.0 * (ratio - 0.5)))
+    volumes = np.asarray(volumes, dtype=np.float64)
+    share = np.ones_like(volumes)
+    for i in range(1, volumes.size - 1):
+        others = np.r_[volumes[max(0, i - 2):i], volumes[i + 1:i + 3]]
+        share[i] = volumes[i] / max(float(np.median(others)), 1e-9)
+    small = 1.0 / (1.0 + np.exp(15.0 * (share - 0.4)))
+    by_size = np.maximum(small[:-1], small[1:])
+    return np.clip(np.maximum(by_step, by_size), 1e-4, 1 - 1e-4)
 
 
 def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, allow_t13: bool = False,
               transitional_prior: float = 0.1, centroids_mm: np.ndarray | None = None,
               background: np.ndarray | None = None, none_prior: float = NONE_PRIOR,
-              fragment_prior: float = FRAGMENT_PRIOR) -> Decoded:
+              fragment_prior: float = FRAGMENT_PRIOR, gaps: bool = True, volumes: np.ndarray | None = None
+              ) -> Decoded:
     """Most probable consecutive labelling (see module docstring), with a "not a vertebra" state before the first
     and after the last labelled instance: skull base, sacrum, fragments, or more instances than levels get label 0
     instead of pushing the whole sequence one level; between two levels the state pays `fragment_prior` more.
@@ -139,7 +168,10 @@ def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, all
     favours it (without a background channel, only when there are more instances than levels).
 
     With `centroids_mm` (N, 3) the chain may also skip one level between two instances (a vertebra the
-    segmentation missed), weighted by `gap_probabilities`: gap-aware decoding."""
+    segmentation missed), weighted by `gap_probabilities` (`gaps`, gap-aware decoding), and, given the
+    instances' `volumes` (N,), keep one level over two consecutive instances, weighted by `split_probabilities`:
+    a piece the split cut off a vertebra then joins it instead of taking the next level and shifting every label
+    after it (split-aware decoding)."""
     probs = _check_probs(probs, protocol)
     n = probs.shape[0]
     if n == 0:
@@ -154,10 +186,15 @@ def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, all
     if centroids_mm is not None and n > 1:
         if np.shape(centroids_mm) != (n, 3):
             raise ValueError(f"centroids_mm must be ({n}, 3), got {np.shape(centroids_mm)}")
-        gap = gap_probabilities(centroids_mm)[:, None, None]
-        skip = _with_none_states(chain.transitions(transitional_prior, skip=1), fragment_prior)
-        log_t = np.logaddexp(log_t[None] + np.log1p(-gap), skip[None] + np.log(gap))
+        if gaps:
+            gap = gap_probabilities(centroids_mm)[:, None, None]
+            skip = _with_none_states(chain.transitions(transitional_prior, skip=1), fragment_prior)
+            log_t = np.logaddexp(log_t[None] + np.log1p(-gap), skip[None] + np.log(gap))
+        if volumes is not None:
+            emit, log_t = _with_joined_states(emit, log_t, split_probabilities(centroids_mm, volumes), levels)
     path, _ = viterbi(emit, log_t)
+    first_copy = 2 * levels + 2  # joined copies follow the levels, fragments and the two end states
+    path = np.where(path >= first_copy, path - first_copy + 1, path)
     on_spine = (path > 0) & (path <= levels)
     labels = np.zeros(n, dtype=np.int64)
     confidence = np.zeros(n)
@@ -165,6 +202,22 @@ def decode_dp(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, all
     labels[rows] = np.asarray(chain.states)[path[rows] - 1]
     confidence[rows] = emit_p[rows, path[rows] - 1]
     return Decoded(labels, confidence)
+
+
+def _with_joined_states(emit: np.ndarray, log_t: np.ndarray, split: np.ndarray, levels: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Add a "joined" copy of each level: an instance in it is a piece of the previous instance's vertebra (same
+    level, entered with the step's `split` probability, every other move pays 1 - split) and leaves as that level
+    would. A joined state cannot be joined again, so a small piece joins one neighbour, never bridges two whole
+    vertebrae into one level."""
+    n_states = log_t.shape[-1]
+    moves = np.broadcast_to(log_t, (split.size, n_states, n_states)) + np.log1p(-split)[:, None, None]
+    out = np.full((split.size, n_states + levels, n_states + levels), -np.inf)
+    out[:, :n_states, :n_states] = moves
+    level, copy = np.arange(1, levels + 1), n_states + np.arange(levels)
+    out[:, level, copy] = np.log(split)[:, None]
+    out[:, copy, :n_states] = moves[:, level, :]
+    return np.concatenate([emit, emit[:, level]], axis=1), out
 
 
 def _with_none_states(log_t: np.ndarray, fragment_prior: float) -> np.ndarray:
@@ -225,12 +278,13 @@ def decode_paper(probs: np.ndarray, protocol: Protocol, allow_l6: bool = False, 
 
 def decode(name: DecoderName, probs: np.ndarray, protocol: Protocol, allow_l6: bool = False,
            allow_t13: bool = False, centroids_mm: np.ndarray | None = None,
-           background: np.ndarray | None = None, fragment_prior: float = FRAGMENT_PRIOR) -> Decoded:
-    """Dispatch by decoder name (`InferenceConfig.decoder`); `centroids_mm` makes `dp` gap-aware, `background`
-    gives it the evidence for its "not a vertebra" states."""
+           background: np.ndarray | None = None, fragment_prior: float = FRAGMENT_PRIOR, gaps: bool = True,
+           volumes: np.ndarray | None = None) -> Decoded:
+    """Dispatch by decoder name (`InferenceConfig.decoder`); `centroids_mm` makes `dp` gap-aware (`gaps`) and, with
+    `volumes`, split-aware; `background` gives it the evidence for its "not a vertebra" states."""
     if name == "dp":
         return decode_dp(probs, protocol, allow_l6, allow_t13, centroids_mm=centroids_mm, background=background,
-                         fragment_prior=fragment_prior)
+                         fragment_prior=fragment_prior, gaps=gaps, volumes=volumes)
     if name == "paper":
         return decode_paper(probs, protocol, allow_l6, allow_t13)
     raise ValueError(f"unknown sequence decoder {name!r}; choose 'dp' or 'paper'")

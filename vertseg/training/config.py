@@ -27,6 +27,7 @@ class LossConfig(ConfigModel):
     cls_pseudo_region: Literal["teacher_foreground", "heatmap"] = "teacher_foreground"  # Eq. 11: where "excluding the background" looks for background
     id_ce_weight: float = Field(1.0, ge=0)  # not in the paper: per-position class CE at 1/4 resolution (0 = Eq. 3 as written)
     id_ce_background_weight: float = Field(0.5, ge=0)  # weight of the non-bone cells' mean CE ("not a vertebra")
+    id_ce_balance: Literal["vertebra", "cell"] = "vertebra"  # not in the paper: each vertebra's bone cells weigh as one
 
     @model_validator(mode="after")
     def _weights_sum_to_one(self) -> "LossConfig":

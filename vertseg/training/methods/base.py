@@ -92,7 +92,8 @@ def supervised_loss(output: SegIdOutput, batch: dict[str, torch.Tensor], config:
     ident, w_kl, w_inst = combine_identification(kl, inst, loss_cfg.id_reweighting)
     logs.update({f"{prefix}loss_kl": float(kl.detach()), f"{prefix}loss_inst": float(inst.detach()), f"{prefix}w_kl": w_kl, f"{prefix}w_inst": w_inst})
     if loss_cfg.id_ce_weight > 0:
-        ce = class_competition_loss(output.identification, batch["labels"], loss_cfg.id_ce_background_weight)
+        ce = class_competition_loss(output.identification, batch["labels"], loss_cfg.id_ce_background_weight,
+                                    loss_cfg.id_ce_balance)
         logs[f"{prefix}loss_id_ce"] = float(ce.detach())
         ident = ident + loss_cfg.id_ce_weight * ce
     return seg + loss_cfg.alpha_cls * ident
