@@ -35,10 +35,18 @@ esac
     "ray": """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$REC/ray"
 [[ $FAKE_CMD == ray-dies ]] && exit 1
+[[ $FAKE_CMD == ray-dies-once && $(grep -c -- --head "$REC/ray") == 1 ]] && exit 1
 exec sleep 300
 """,
     "python": """#!/usr/bin/env bash
-if [[ $1 == - ]]; then cat > /dev/null; echo "$3" > "$REC/wait"; [[ $FAKE_CMD == ray-dies ]] && exec sleep 30; exit 0; fi
+if [[ $1 == - ]]; then
+  cat > /dev/null; echo "$3" > "$REC/wait"
+  [[ $FAKE_CMD == ray-dies ]] && exec sleep 30
+  if [[ $FAKE_CMD == ray-dies-once ]]; then  # joins only once the second head has started
+    until (( $(cat "$REC/ray" 2>/dev/null | grep -c -- --head) >= 2 )); do sleep 0.1; done
+  fi
+  exit 0
+fi
 printf '%s\\0' "$0" "$@" > "$REC/argv"
 echo "$RAY_ADDRESS $RAY_AUTH_MODE ${#RAY_AUTH_TOKEN}" > "$REC/env"
 if [[ $FAKE_CMD == run || $FAKE_CMD == stubborn ]]; then
@@ -151,8 +159,22 @@ def test_a_ray_launcher_that_dies_fails_the_job_before_the_command_runs(tmp_path
     script = render_to(tmp_path, options(tmp_path), Command("train", (), str(stubs / "python")))
     job = run_job(tmp_path, stubs, script, ["n1"], mode="ray-dies")
     out, _ = job.communicate(timeout=60)
-    assert job.returncode == 1 and "the Ray cluster did not come up" in out
+    assert job.returncode == 1 and "the Ray cluster did not come up after 3 attempt(s)" in out
     assert rec(tmp_path, "argv") == ""
+    heads = [line for line in rec(tmp_path, "ray").splitlines() if "--head" in line]
+    assert len(heads) == 3 and len({line.split("--port=")[1].split()[0] for line in heads}) == 3
+
+
+def test_a_ray_head_that_times_out_once_is_started_again_on_fresh_ports(tmp_path, stubs):
+    script = render_to(tmp_path, options(tmp_path), Command("train", (), str(stubs / "python")))
+    job = run_job(tmp_path, stubs, script, ["n1"], mode="ray-dies-once")
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 0 and "attempt 2 of 3" in out, out
+    heads = [line for line in rec(tmp_path, "ray").splitlines() if "--head" in line]
+    second_port = 20000 + (4242 + 41) % 99 * 128
+    assert len(heads) == 2 and f"--port={second_port}" in heads[1] and f"--port={second_port}" not in heads[0]
+    assert f"--min-worker-port={second_port + 10}" in heads[1]
+    assert rec(tmp_path, "env").split()[0].endswith(f":{second_port}")
 
 
 def test_requeued_training_resumes_the_same_run(tmp_path, stubs):

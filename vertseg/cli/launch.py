@@ -44,6 +44,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         signal: int = typer.Option(300, help="Seconds before the time limit to checkpoint and requeue (0: off)."),
         requeue: bool = typer.Option(True, help="Requeue after the warning signal (and on node failure or preemption)."),
         node_wait: int = typer.Option(300, help="Seconds to wait for every node to join the Ray cluster."),
+        ray_start_attempts: int = typer.Option(3, help="Tries to bring the Ray cluster up (each with fresh ports)."),
         sbatch_arg: Optional[list[str]] = typer.Option(None, help="Extra sbatch option, e.g. --sbatch-arg=--exclusive."),
         job_name: Optional[str] = typer.Option(None, help="Job name (and training run name); default vs-CMD-TIME."),
         log_dir: Path = typer.Option(Path("slurm-logs"), help="Where the job script and its log go."),
@@ -62,7 +63,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             job_name=name, log_dir=log_dir.expanduser().absolute(), nodes=nodes, cpus_per_task=cpus_per_task,
             gpus_per_node=gpus_per_node, gres=gres, mem=mem, time=time_limit, partition=partition, account=account,
             qos=qos, constraint=constraint, signal_seconds=signal, requeue=requeue, node_wait_s=node_wait,
-            sbatch_args=tuple(sbatch_arg or ()),
+            ray_start_attempts=ray_start_attempts, sbatch_args=tuple(sbatch_arg or ()),
         )
         try:
             text = script.render(options, script.Command(subcommand, tuple(args), python), Path.cwd())

@@ -44,6 +44,7 @@ class SlurmOptions:
     signal_seconds: int = 300  # USR1 this long before the time limit: time to checkpoint and requeue
     requeue: bool = True
     node_wait_s: int = 300
+    ray_start_attempts: int = 3  # a Ray node that times out while starting on a loaded machine gets another try
     sbatch_args: tuple[str, ...] = field(default_factory=tuple)  # extra raw `--key=value` options
 
 
@@ -80,7 +81,8 @@ def validate(options: SlurmOptions, command: Command) -> None:
         raise LaunchError(f"cannot submit {command.subcommand!r}: choose one of {', '.join(SUBCOMMANDS)}")
     for name, value, low in (("--nodes", options.nodes, 1), ("--cpus-per-task", options.cpus_per_task, 1),
                              ("--gpus-per-node", options.gpus_per_node, 0), ("--signal", options.signal_seconds, 0),
-                             ("--node-wait", options.node_wait_s, 1)):
+                             ("--node-wait", options.node_wait_s, 1),
+                             ("--ray-start-attempts", options.ray_start_attempts, 1)):
         if value < low:
             raise LaunchError(f"{name} must be at least {low}, got {value}")
     if options.gres is not None and options.gpus_per_node:
@@ -157,6 +159,7 @@ def render(options: SlurmOptions, command: Command, workdir: Path) -> str:
         "num_cpus": str(options.cpus_per_task),
         "num_gpus": str(gpus_per_node(options)),
         "node_wait_s": str(options.node_wait_s),
+        "ray_start_attempts": str(options.ray_start_attempts),
     }
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template_text())
 
