@@ -159,7 +159,7 @@ def predict(
             scan, ras_affine = _load_scan(image, affine, predictor, Path(unpack_dir))
         prediction = predict_store_frame(predictor, scan, timer)
     with timer.step("postprocess"):
-        original = to_original(scan, prediction)
+        original = to_original(scan, prediction, predictor.config.inference.label_resampling)
         rows = vertebra_statistics(original.vertebrae, original.labels, prediction.labels, scan.hu,
                                    prediction.centroids_zyx, predictor.spacing)
         exported, notes = export_labels(original.labels, labels)

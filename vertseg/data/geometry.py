@@ -143,8 +143,9 @@ def case_geometry(image: sitk.Image, spacing_mm: float) -> CaseGeometry:
     return CaseGeometry(original, canonical_grid(original, spacing_mm))
 
 
-Interpolation = Literal["linear", "nearest"]
-_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
+# label_linear: each label's mask interpolated linearly, the largest wins (smooth label boundaries, no new labels)
+Interpolation = Literal["linear", "nearest", "label_linear"]
+_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "label_linear": sitk.sitkLabelLinear}
 
 
 def resample_to_grid(image: sitk.Image, grid: GridGeometry, interpolation: Interpolation, default: float) -> np.ndarray:
@@ -168,7 +169,7 @@ def image_on_grid(array_zyx: np.ndarray, grid: GridGeometry) -> sitk.Image:
 def to_original_grid(
     array_canonical: np.ndarray, case_meta: CaseGeometry, interpolation: Interpolation = "nearest", default: float = 0.0
 ) -> np.ndarray:
-    """Map a store-frame array (labels: nearest; probabilities/CT: linear) onto the original scan grid (z, y, x)."""
+    """Map a store-frame array (labels: nearest or label_linear; probabilities/CT: linear) onto the original scan grid (z, y, x)."""
     source = image_on_grid(array_canonical, case_meta.canonical)
     return resample_to_grid(source, case_meta.original, interpolation, default)
 

@@ -20,6 +20,7 @@ from vertseg.data.case_ids import check_case_id
 from vertseg.data.geometry import apply_affine, to_original_grid
 from vertseg.inference.cases import LoadedScan, PredictJob, load_job
 from vertseg.inference.centroids import body_centroids
+from vertseg.inference.config import LabelResampling
 from vertseg.inference.localisation import SpineBox
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.qc import write_qc
@@ -90,9 +91,9 @@ class OriginalPrediction:
     vertebrae: list[Vertebra]
 
 
-def to_original(scan: LoadedScan, prediction: StorePrediction) -> OriginalPrediction:
-    """Map a store-frame prediction back onto the input's own grid (labels nearest, centroids through LPS mm)."""
-    original = to_original_grid(prediction.labels, scan.geometry, "nearest", 0.0).astype(np.uint8)
+def to_original(scan: LoadedScan, prediction: StorePrediction, resampling: LabelResampling) -> OriginalPrediction:
+    """Map a store-frame prediction back onto the input's own grid (labels by `resampling`, centroids through LPS mm)."""
+    original = to_original_grid(prediction.labels, scan.geometry, resampling, 0.0).astype(np.uint8)
     confidence = {r.label: r.confidence for r in prediction.records if r.label}
     to_lps = scan.geometry.canonical.affine_lps()
     centroids_lps = {label: apply_affine(to_lps, zyx[None])[0] for label, zyx in prediction.centroids_zyx.items()}
@@ -107,7 +108,7 @@ def write_prediction(predictor: Predictor, scan: LoadedScan, prediction: StorePr
     config = predictor.config
     case_id, box = scan.job.case_id, prediction.box
     with timer.step("postprocess"):
-        original = to_original(scan, prediction)
+        original = to_original(scan, prediction, config.inference.label_resampling)
         vertebrae = original.vertebrae
         statistics = None
         if options.statistics:
