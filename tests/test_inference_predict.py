@@ -18,6 +18,7 @@ from vertseg.bench.infer import spine_phantom
 from vertseg.cli.main import app
 from vertseg.config import build_config
 from vertseg.data.readers.geometry import axcodes
+from vertseg.evaluation.overlap import dice_from_counts
 from vertseg.inference.cases import collect_jobs
 from vertseg.inference.localisation import bone_box
 from vertseg.inference.model_loading import CheckpointError, load_model, random_model
@@ -243,7 +244,7 @@ def test_perfect_network_gives_true_labels_and_centroids_on_the_original_grid(tm
         for entry in ctd[1:]:
             label = entry["label"]
             true_mask, pred_mask = truth == label, seg == label
-            dice = 2 * np.count_nonzero(true_mask & pred_mask) / (true_mask.sum() + pred_mask.sum())
+            dice = dice_from_counts(np.count_nonzero(true_mask & pred_mask), true_mask.sum(), pred_mask.sum())
             assert dice > 0.85, (resampling, label, dice)  # 1 mm store frame and back onto 0.9 x 0.8 x 1.5 mm
             centre = np.argwhere(true_mask).mean(axis=0)
             np.testing.assert_allclose([entry["X"], entry["Y"], entry["Z"]], centre, atol=0.75)
