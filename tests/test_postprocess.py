@@ -233,3 +233,18 @@ def test_labelmap_joins_a_split_off_piece_with_its_vertebra():
     assert records[1].centroid_zyx[0] == pytest.approx((34.5 * 1200 + 45 * 700) / 1900, abs=0.01)
     _, unjoined = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), replace(peaks, split_aware=False))
     assert [r.label for r in unjoined] == [19, 20, 21, 22, 23, 24]  # the piece takes a level: all shift by one
+
+
+def test_a_thirteenth_thoracic_vertebra_is_named_t13_by_default():
+    # T11 T12 T13 L1 L2 L3 as six separate boxes; a network trained on C1-L5 (T13 merged into T12) calls T13 "T12".
+    fg = np.zeros((152, 30, 30), np.float32)
+    maps = np.full((25, 38, 8, 8), 0.01, np.float32)
+    for i, klass in enumerate([18, 19, 19, 20, 21, 22]):
+        fg[7 + 22 * i: 27 + 22 * i, 9:19, 8:18] = 0.9
+        maps[klass, (17 + 22 * i) // 4, 3, 3] = 1.0
+    settings = PostprocessSettings(min_fragment_ml=0.1)
+    _, records = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), settings)
+    assert [r.label for r in records] == [18, 19, T13, 20, 21, 22]
+    # Without the transitional level the six instances cannot all keep their place.
+    _, records = labelmap_from_predictions(fg, maps, (1.0, 1.0, 1.0), replace(settings, allow_t13=False))
+    assert [r.label for r in records] != [18, 19, T13, 20, 21, 22] and T13 not in [r.label for r in records]

@@ -81,6 +81,29 @@ def test_seeds_lie_inside_the_mask_one_group_per_level():
         assert set(labels[tuple(seeds[groups == g].astype(int).T)]) == {CHAIN.states[g]}
 
 
+def test_seed_regions_come_only_from_levels_the_maps_name_surely():
+    labels, maps = _tower([20, 21, 22])
+    coords = np.argwhere(labels > 0).astype(float)
+    cells = np.ravel_multi_index(tuple((coords // 4).astype(int).T), maps.shape[1:])
+
+    def seeds_per_level(class_maps: np.ndarray, confidence: float) -> list[int]:
+        _, groups = level_seeds(coords, cells, class_maps.reshape(25, -1), labels.shape[0], C1_L5, (1.0, 1.0, 1.0),
+                                region_confidence=confidence)
+        return np.unique(groups, return_counts=True)[1].tolist()
+
+    assert min(seeds_per_level(maps, 0.8)) > 1  # exact maps: every level seeds its inner slices
+    # A trained network's narrow wins: the same winners, each holding 45 % of its cell's vertebra evidence and
+    # each other level of the tower 27.5 %.
+    levels = [20, 21, 22]
+    unsure = maps.copy()
+    for own in levels:
+        for other in levels:
+            if other != own:
+                unsure[other] += maps[own] * (0.275 / 0.45)
+    assert seeds_per_level(unsure, 0.8) == [1, 1, 1]
+    assert min(seeds_per_level(unsure, 0.0)) > 1  # ungated, as before 2026-12-01
+
+
 def test_touching_tower_is_split_and_named_exactly():
     labels, maps = _tower([19, 20, 21, 22, 23])
     labelmap, records = labelmap_from_predictions((labels > 0).astype(np.float32), maps, (3.0, 3.0, 3.0),

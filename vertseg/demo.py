@@ -42,7 +42,7 @@ QUICK_OVERRIDES = [  # `--quick` (the end-to-end test): same stages, a few steps
     "train.schedule.epochs=3", "train.schedule.iterations_per_epoch=2", "train.schedule.e_cons=1",
     "train.schedule.e_ramp=2", "train.validate_every=3", "model.base_width=4",
 ]
-# The demo trains for minutes, which teaches bone but not vertebra names; this model trained 2,880 steps (19 min on
+# The demo trains for minutes, which teaches bone but not vertebra names; this model trained 4,800 steps (23 min on
 # 2 cores) on phantoms of the quality bench's size, and names vertebrae of fresh ones of that size.
 REFERENCE = RESOURCES / "weights" / "phantom-fsl.pt"
 REFERENCE_POOLS = PhantomPools(training=0, validation=0, unlabeled=0, test=3, seed=11, variant_rate=0.25, size="medium")
@@ -358,7 +358,7 @@ def summary_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "test metrics: " + percent(results["evaluate"]["metrics"]) + " (the model trained here, minutes)",
         "reference model: " + percent(reference["metrics"]) + f" (bundled {Path(reference['checkpoint']).name}: "
-        f"2,880 training steps on phantoms; {reference['cases']} phantoms it never saw)",
+        f"4,800 training steps on phantoms; {reference['cases']} phantoms it never saw)",
         "stage seconds: " + ", ".join(f"{s} {results[s].get('seconds', 0):.0f}" for s in STAGES),
         f"outputs:     {out}",
         f"predictions: {results['predict']['predictions']}  (<case>/<case>_seg.nii.gz, _ctd.json, _vertebrae.csv)",

@@ -344,13 +344,15 @@ def extended_test_pool(work: Path, pools: PhantomPools, cases: int) -> Path:
 def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path, parallel: int = 2,
                       threads: int = 1, echo: Callable[[str], None] = print, budget: int = 1,
                       labeled_fraction: float = LABELED_FRACTION, extra_overrides: list[str] | None = None,
-                      test_cases: int | None = None) -> Path:
+                      test_cases: int | None = None, training_cases: int | None = None) -> Path:
     """Phantoms + store once, then every (method, seed) run; writes the `quality` section of `output`
-    (`quality-xN` for a longer budget, so the default table stays; `-testN` for another test pool size)."""
+    (`quality-xN` for a longer budget, so the default table stays; `-testN` for another test pool size; `-trainN`
+    for another training pool size, whose phantoms and store are their own)."""
     from vertseg.steps import make_phantom_pools, pool_sources, preprocess_in_process
 
     start = time.perf_counter()
     pools, overrides = (GPU_POOLS, GPU_OVERRIDES) if full else (CPU_POOLS, CPU_OVERRIDES)
+    pools = replace(pools, training=training_cases or pools.training)
     extra = list(extra_overrides or [])
     overrides = scale_schedule(overrides, budget) + extra
     fingerprint = hashlib.sha1(json.dumps(asdict(pools), sort_keys=True).encode()).hexdigest()[:8]
@@ -377,12 +379,15 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
         f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "") + (
         f" --budget {budget}" if budget != 1 else "") + (
         f" --labeled-fraction {labeled_fraction:g}" if labeled_fraction != LABELED_FRACTION else "") + "".join(
-        f" --set {o}" for o in extra) + (f" --test-cases {test_cases}" if tag else "")
+        f" --set {o}" for o in extra) + (f" --test-cases {test_cases}" if tag else "") + (
+        f" --training-cases {training_cases}" if training_cases else "")
     key, title = "quality", f"Model quality at {100 * labeled_fraction:g}% labels on phantoms: {' vs '.join(methods)}"
     if budget != 1:
         key, title = f"quality-x{budget}", f"{title} ({budget}x the training steps)"
     if runs_dir != work:
         key, title = f"{key}-{variant}", f"{title}, {', '.join(extra) or 'defaults'}"
+    if training_cases:
+        key, title = f"{key}-train{training_cases}", f"{title}, {training_cases} training phantoms"
     if tag:
         key, title = f"{key}{tag}", f"{title}, scored on {test_cases} test phantoms"
     return write_section(key, title, command, body, output)

@@ -44,6 +44,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         test_cases: int = typer.Option(None, "--test-cases", min=1,
                                        help="Score on this many test phantoms (the pool's first ones and more; "
                                             "finished trainings are reused); own section."),
+        training_cases: int = typer.Option(None, "--training-cases", min=1,
+                                           help="Labelled training phantoms (default 16; 32 with --full); own section."),
     ) -> None:
         """fsl vs proposed (and any SSL baseline) at 25% labels on held-out phantoms: Dice, Acc_ID and VerSe id-rate,
         mean ± std over seeds, with the consistency diagnostics; writes the `quality` section of docs/benchmarks.md."""
@@ -58,7 +60,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail(f"--methods takes {', '.join(get_args(Method))}; unknown: {', '.join(unknown) or '(none given)'}")
         path = run_quality_bench(chosen, seeds, full, workdir, output, parallel, threads,
                                  echo=lambda line: console.print(line, highlight=False), budget=budget,
-                                 labeled_fraction=labeled_fraction, extra_overrides=overrides, test_cases=test_cases)
+                                 labeled_fraction=labeled_fraction, extra_overrides=overrides, test_cases=test_cases,
+                                 training_cases=training_cases)
         console.print(f"wrote {path}", highlight=False)
 
     @bench_app.command("identification")

@@ -22,14 +22,15 @@ class InferenceConfig(ConfigModel):
     id_accumulator_dtype: Literal["float16", "float32"] = "float16"  # 1/4-resolution per-class accumulator
     min_fragment_ml: float = Field(0.5, ge=0)
     decoder: Literal["dp", "paper"] = "dp"
-    allow_l6: bool = False
-    allow_t13: bool = False
+    allow_l6: bool = True  # the chain may end with L6 (VerSe 25): a spine with one is not shifted by a level (docs/postprocessing.md)
+    allow_t13: bool = True  # the chain may pass through T13 (VerSe 28): same, for a 13th thoracic vertebra
     min_vertebra_ml: float = Field(2.0, ge=0)  # a touching-vertebrae component is split only into pieces this big
     peak_threshold: float = Field(0.1, ge=0, le=1)  # seeds=peaks: a class whose map never reaches this gives no seed
     seeds: Literal["cores", "sequence", "peaks"] = "cores"  # split seeds: mask cores + level sequence model, the model alone, or class peaks (section 2.6)
     core_dynamic_mm: float = Field(3.0, gt=0)  # seeds=cores: a core rises this far above the depth where it joins another
     core_floor_mm: float = Field(4.5, ge=0)  # seeds=cores: the mask is eroded no shallower than this
-    seed_regions: bool = True  # seeds=sequence: seed each level's inner slices where it wins the class map, not one point
+    seed_regions: bool = True  # also seed each level's inner slices where it wins the class map (sure maps only, below)
+    seed_region_confidence: float = Field(0.8, ge=0, le=1)  # seed_regions: the level's cells hold a median class share this high
     none_state: bool = True  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
     fragment_prior: float = Field(0.05, ge=0, lt=1)  # none_state: cost of "not a vertebra" between two levels (0: only at the ends)
     split_merged: bool = True  # split components holding several centroids along nearest-centroid regions

@@ -38,14 +38,15 @@ class PostprocessSettings:
     seg_threshold: float = 0.5  # section 2.6: foreground at probability 0.5
     min_fragment_ml: float = 0.5
     decoder: DecoderName = "dp"
-    allow_l6: bool = False
-    allow_t13: bool = False
+    allow_l6: bool = True
+    allow_t13: bool = True
     min_vertebra_ml: float = 2.0
     peak_threshold: float = 0.1
     seeds: Literal["cores", "sequence", "peaks"] = "cores"
     core_dynamic_mm: float = 3.0
     core_floor_mm: float = 4.5
     seed_regions: bool = True
+    seed_region_confidence: float = 0.8
     none_state: bool = True
     fragment_prior: float = FRAGMENT_PRIOR
     split_merged: bool = True
@@ -295,7 +296,8 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
             seeds, groups = level_seeds(coords, map_index, maps_flat, cc.shape[0], protocol, spacing,
                                         settings.allow_l6, settings.allow_t13, min_piece,
                                         regions=settings.seed_regions and settings.split_metric == "geodesic",
-                                        background=settings.none_state)
+                                        background=settings.none_state,
+                                        region_confidence=settings.seed_region_confidence)
             if settings.seeds == "cores":
                 *core, not_bodies = core_seeds(coords, spacing, settings.core_dynamic_mm, settings.core_floor_mm,
                                                min_piece // 8)
