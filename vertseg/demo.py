@@ -231,6 +231,10 @@ def stage_evaluate(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     return {"evaluation": str(out_json), "metrics": shown}
 
 
+def reference_sha256() -> str:
+    return json.loads(REFERENCE.with_suffix(".json").read_text())["sha256"]
+
+
 def stage_reference(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     """The bundled reference model (checksum verified) on fresh phantoms it never saw, through the same
     predict and evaluate as the trained model."""
@@ -239,7 +243,7 @@ def stage_reference(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     from vertseg.steps import evaluate_predictions, make_phantom_pools
     from vertseg.weights.fetch import sha256_of
 
-    expected = json.loads(REFERENCE.with_suffix(".json").read_text())["sha256"]
+    expected = reference_sha256()
     if sha256_of(REFERENCE) != expected:
         raise RuntimeError(f"{REFERENCE} does not match its sha256 in {REFERENCE.with_suffix('.json')}; reinstall vertseg")
     pools = replace(REFERENCE_POOLS, test=1) if ctx.pools == QUICK else REFERENCE_POOLS
@@ -249,7 +253,7 @@ def stage_reference(ctx: DemoContext, advance: Advance) -> dict[str, Any]:
     _predict(REFERENCE, test, out / "predictions", pools.test, advance)
     metrics = headline(evaluate_predictions(out / "predictions", [test], out / "evaluation" / "evaluation.json"))
     advance(pools.test, pools.test, percent(metrics))
-    return {"checkpoint": str(REFERENCE), "cases": pools.test, "predictions": str(out / "predictions"),
+    return {"checkpoint": str(REFERENCE), "sha256": expected, "cases": pools.test, "predictions": str(out / "predictions"),
             "evaluation": str(out / "evaluation" / "evaluation.json"), "metrics": metrics}
 
 
@@ -310,6 +314,8 @@ def run_demo(out: Path, fresh: bool = False, quick: bool = False, workers: int =
                 saved = json.loads(marker.read_text()) if marker.exists() else None
                 if stage == "data" and saved is not None and saved.get("pools") != ctx.pools.__dict__:
                     saved = None  # --quick and the full demo use different phantoms: start over
+                if stage == "reference" and saved is not None and saved.get("sha256") != reference_sha256():
+                    saved = None  # another bundled model (an upgrade): its scores are not these
                 if saved is not None and not redo:
                     ctx.results[stage] = saved
                     progress.add_task("reused (--fresh to redo)", stage=stage, total=1, completed=1)
