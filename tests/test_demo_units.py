@@ -129,6 +129,18 @@ def test_the_reference_stage_refuses_a_bundled_model_that_does_not_match_its_che
     assert not (tmp_path / "out").exists()  # refused before any phantom is written
 
 
+def test_a_saved_reference_score_is_redone_for_another_bundled_model(tmp_path):
+    import vertseg.demo as demo
+    from vertseg.config import load_config
+
+    context = demo.DemoContext(tmp_path, load_config(demo.DEMO_CONFIG), demo.QUICK, 1)
+    assert not demo.stale("reference", {"sha256": demo.reference_sha256()}, context)
+    assert demo.stale("reference", {"sha256": "0" * 64}, context)  # scored by the model this one replaced
+    assert demo.stale("reference", {}, context)  # saved before scores named their model
+    assert demo.stale("data", {"pools": demo.FULL.__dict__}, context)  # full-demo phantoms in a --quick run
+    assert not demo.stale("data", {"pools": demo.QUICK.__dict__}, context)
+
+
 def test_the_bundled_reference_model_is_the_file_its_provenance_describes():
     import json
 

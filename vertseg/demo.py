@@ -294,6 +294,14 @@ def _ensure_ray(workers: int) -> bool:
     return True
 
 
+def stale(stage: str, saved: dict[str, Any], ctx: DemoContext) -> bool:
+    """Whether a finished stage's saved result no longer describes this run: `--quick` and the full demo use
+    different phantoms, and an upgraded bundled model has not been scored yet."""
+    if stage == "data":
+        return saved.get("pools") != ctx.pools.__dict__
+    return stage == "reference" and saved.get("sha256") != reference_sha256()
+
+
 def run_demo(out: Path, fresh: bool = False, quick: bool = False, workers: int = 2) -> dict[str, dict[str, Any]]:
     """Run (or resume) every stage; returns each stage's marker payload (with its `seconds`)."""
     out = Path(out).resolve()
@@ -312,11 +320,7 @@ def run_demo(out: Path, fresh: bool = False, quick: bool = False, workers: int =
             for stage in STAGES:
                 marker = _marker(out, stage)
                 saved = json.loads(marker.read_text()) if marker.exists() else None
-                if stage == "data" and saved is not None and saved.get("pools") != ctx.pools.__dict__:
-                    saved = None  # --quick and the full demo use different phantoms: start over
-                if stage == "reference" and saved is not None and saved.get("sha256") != reference_sha256():
-                    saved = None  # another bundled model (an upgrade): its scores are not these
-                if saved is not None and not redo:
+                if saved is not None and not redo and not stale(stage, saved, ctx):
                     ctx.results[stage] = saved
                     progress.add_task("reused (--fresh to redo)", stage=stage, total=1, completed=1)
                     continue
