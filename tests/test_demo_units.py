@@ -188,3 +188,20 @@ def test_a_finished_scored_run_is_reused_without_training_and_keeps_its_training
     (outcomes / scored_on).write_text(json.dumps({"train_seconds": 1128.0}))  # scored on either test pool
     assert _finished(run, 3, outcomes, "fsl-seed0") == (run / "best" / "checkpoint.pt", 1128.0)
     assert _finished(run, 4, outcomes, "fsl-seed0")[0] is None  # a longer schedule still has epochs to train
+
+
+def test_each_training_pool_size_trains_in_its_own_folder_and_writes_its_own_section(tmp_path):
+    from vertseg.bench.quality import CPU_POOLS, quality_layout
+
+    default = quality_layout(["fsl"], 2, False, tmp_path, budget=30, labeled_fraction=1.0)
+    larger = quality_layout(["fsl"], 2, False, tmp_path, budget=30, labeled_fraction=1.0, training_cases=48)
+    assert default.pools == CPU_POOLS and larger.pools.training == 48
+    assert larger.pools.validation == CPU_POOLS.validation and larger.pools.test == CPU_POOLS.test
+    assert larger.work != default.work and larger.work.parent == default.work.parent  # own phantoms, store and runs
+    assert (default.key, larger.key) == ("quality-x30-b2e44c", "quality-x30-b2e44c-train48")
+    assert larger.title.endswith(", 48 training phantoms")
+    assert larger.command == ("vertseg bench quality --seeds 2 --methods fsl --budget 30 --labeled-fraction 1 "
+                              "--training-cases 48")
+    scored = quality_layout(["fsl"], 2, False, tmp_path, budget=30, labeled_fraction=1.0, training_cases=48,
+                            test_cases=12)
+    assert scored.work == larger.work and scored.key == "quality-x30-b2e44c-train48-test12" and scored.tag == "-test12"

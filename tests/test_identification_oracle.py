@@ -44,3 +44,19 @@ def test_without_the_split_touching_vertebrae_lose_their_names(phantom_store):
     unsplit = config.model_copy(update={"inference": config.inference.model_copy(update={"split_merged": False})})
     row = run_variant(unsplit, store, phantoms, work / "unsplit", VARIANT_SETTINGS["one-hot"])
     assert row.metrics["acc_id"] < 0.5
+
+
+def test_the_cli_writes_a_section_whose_command_reproduces_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from vertseg.cli.main import app
+
+    output = tmp_path / "benchmarks.md"
+    args = ["bench", "identification", "--oracle", "--seed", "7", "--cases", "1", "--size", "small",
+            "--variants", "one-hot", "--workdir", str(tmp_path / "work"), "--output", str(output)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = output.read_text()
+    assert "<!-- bench:identification-oracle-7 -->" in text
+    assert "Command: `vertseg bench identification --oracle --seed 7 --cases 1 --size small --variants one-hot`" in text
+    assert "oracle Acc_ID 100.0 id-rate 100.0" in text

@@ -341,6 +341,51 @@ def extended_test_pool(work: Path, pools: PhantomPools, cases: int) -> Path:
     return folder / "test"
 
 
+@dataclass(frozen=True)
+class QualityLayout:
+    """Where one quality-bench invocation keeps its phantoms and runs, and the section it writes: every setting
+    that changes what is trained (pools, budget, labelled share, overrides) gets its own folder and section, so a
+    saved run is only ever reused for the settings that trained it."""
+
+    pools: PhantomPools
+    overrides: list[str]
+    work: Path
+    runs: Path
+    key: str
+    title: str
+    command: str
+    tag: str  # which test pool scores the runs: "" the benchmarked one, "-testN" an extended one
+
+
+def quality_layout(methods: list[str], seeds: int, full: bool, workdir: Path, budget: int = 1,
+                   labeled_fraction: float = LABELED_FRACTION, extra_overrides: list[str] | None = None,
+                   test_cases: int | None = None, training_cases: int | None = None) -> QualityLayout:
+    pools, overrides = (GPU_POOLS, GPU_OVERRIDES) if full else (CPU_POOLS, CPU_OVERRIDES)
+    pools = replace(pools, training=training_cases or pools.training)
+    extra = list(extra_overrides or [])
+    fingerprint = hashlib.sha1(json.dumps(asdict(pools), sort_keys=True).encode()).hexdigest()[:8]
+    variant = hashlib.sha1(json.dumps([labeled_fraction, extra]).encode()).hexdigest()[:6]
+    work = Path(workdir) / (("full" if full else "cpu") + (f"-x{budget}" if budget != 1 else "") + f"-{fingerprint}")
+    runs = work if (labeled_fraction == LABELED_FRACTION and not extra) else work / f"variant-{variant}"
+    tag = f"-test{test_cases}" if test_cases is not None and test_cases != pools.test else ""
+    command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (
+        f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "") + (
+        f" --budget {budget}" if budget != 1 else "") + (
+        f" --labeled-fraction {labeled_fraction:g}" if labeled_fraction != LABELED_FRACTION else "") + "".join(
+        f" --set {o}" for o in extra) + (f" --test-cases {test_cases}" if tag else "") + (
+        f" --training-cases {training_cases}" if training_cases else "")
+    key, title = "quality", f"Model quality at {100 * labeled_fraction:g}% labels on phantoms: {' vs '.join(methods)}"
+    if budget != 1:
+        key, title = f"quality-x{budget}", f"{title} ({budget}x the training steps)"
+    if runs != work:
+        key, title = f"{key}-{variant}", f"{title}, {', '.join(extra) or 'defaults'}"
+    if training_cases:
+        key, title = f"{key}-train{training_cases}", f"{title}, {training_cases} training phantoms"
+    if tag:
+        key, title = f"{key}{tag}", f"{title}, scored on {test_cases} test phantoms"
+    return QualityLayout(pools, scale_schedule(overrides, budget) + extra, work, runs, key, title, command, tag)
+
+
 def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path, output: Path, parallel: int = 2,
                       threads: int = 1, echo: Callable[[str], None] = print, budget: int = 1,
                       labeled_fraction: float = LABELED_FRACTION, extra_overrides: list[str] | None = None,
@@ -351,43 +396,21 @@ def run_quality_bench(methods: list[str], seeds: int, full: bool, workdir: Path,
     from vertseg.steps import make_phantom_pools, pool_sources, preprocess_in_process
 
     start = time.perf_counter()
-    pools, overrides = (GPU_POOLS, GPU_OVERRIDES) if full else (CPU_POOLS, CPU_OVERRIDES)
-    pools = replace(pools, training=training_cases or pools.training)
-    extra = list(extra_overrides or [])
-    overrides = scale_schedule(overrides, budget) + extra
-    fingerprint = hashlib.sha1(json.dumps(asdict(pools), sort_keys=True).encode()).hexdigest()[:8]
-    variant = hashlib.sha1(json.dumps([labeled_fraction, extra]).encode()).hexdigest()[:6]
-    work = Path(workdir) / (("full" if full else "cpu") + (f"-x{budget}" if budget != 1 else "") + f"-{fingerprint}")
-    runs_dir = work if (labeled_fraction == LABELED_FRACTION and not extra) else work / f"variant-{variant}"
+    layout = quality_layout(methods, seeds, full, workdir, budget, labeled_fraction, extra_overrides, test_cases,
+                            training_cases)
+    pools, overrides, work = layout.pools, layout.overrides, layout.work
     config = load_config(RESOURCES / "demo.yaml", overrides)
     store = work / "store.zarr"
     if not (store / "manifest.json").exists():
         echo(f"writing {pools} phantoms and the store under {work}")
         folders = make_phantom_pools(work / "data", pools)
         preprocess_in_process(pool_sources([folders["labeled"]]), store, config)
-    test, tag = work / "data" / "test", ""
-    if test_cases is not None and test_cases != pools.test:
-        test, tag = extended_test_pool(work, pools, test_cases), f"-test{test_cases}"
+    test = extended_test_pool(work, pools, test_cases) if layout.tag else work / "data" / "test"
     jobs = [(method, seed) for seed in range(seeds) for method in methods]
-    outcomes = run_all(jobs, overrides, store, test, runs_dir, parallel, threads, echo, config.train.schedule.e_cons,
-                       labeled_fraction, tag)
+    outcomes = run_all(jobs, overrides, store, test, layout.runs, parallel, threads, echo,
+                       config.train.schedule.e_cons, labeled_fraction, layout.tag)
     scored = replace(pools, test=test_cases or pools.test)
     body = render(outcomes, methods, scored, overrides, time.perf_counter() - start, parallel, threads,
                   config.train.schedule, labeled_fraction) + "\n\n" + labeled_coverage(store_labels(store, config), seeds,
                                                                           labeled_fraction)
-    command = "vertseg bench quality" + (" --full" if full else "") + (f" --seeds {seeds}" if seeds != 3 else "") + (
-        f" --methods {','.join(methods)}" if methods != ["fsl", "proposed"] else "") + (
-        f" --budget {budget}" if budget != 1 else "") + (
-        f" --labeled-fraction {labeled_fraction:g}" if labeled_fraction != LABELED_FRACTION else "") + "".join(
-        f" --set {o}" for o in extra) + (f" --test-cases {test_cases}" if tag else "") + (
-        f" --training-cases {training_cases}" if training_cases else "")
-    key, title = "quality", f"Model quality at {100 * labeled_fraction:g}% labels on phantoms: {' vs '.join(methods)}"
-    if budget != 1:
-        key, title = f"quality-x{budget}", f"{title} ({budget}x the training steps)"
-    if runs_dir != work:
-        key, title = f"{key}-{variant}", f"{title}, {', '.join(extra) or 'defaults'}"
-    if training_cases:
-        key, title = f"{key}-train{training_cases}", f"{title}, {training_cases} training phantoms"
-    if tag:
-        key, title = f"{key}{tag}", f"{title}, scored on {test_cases} test phantoms"
-    return write_section(key, title, command, body, output)
+    return write_section(layout.key, layout.title, layout.command, body, output)

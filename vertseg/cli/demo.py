@@ -96,7 +96,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         text = markdown_table(headers, table)
         console.print(text, highlight=False, soft_wrap=True)
         command = (f"vertseg bench identification --oracle --seed {seed} --cases {cases} --size {size}"
-                   + (f" --config {config}" if config else "") + "".join(f" --set {o}" for o in overrides))
+                   + (f" --config {config}" if config else "") + "".join(f" --set {o}" for o in overrides)
+                   + (f" --variants {','.join(chosen)}" if chosen != VARIANTS else ""))
         body = (f"{cases} `{size}` test phantoms (seed {seed}) at {cfg.data.spacing_mm:g} mm, inference settings of "
                 f"{config or 'vertseg/resources/demo.yaml'}; the network is replaced by its ground truth "
                 "(`vertseg/bench/oracle.py`), everything after it is the production path, scored by `vertseg evaluate`'s "
