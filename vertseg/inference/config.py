@@ -7,12 +7,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vertseg.config_base import ConfigModel
+from vertseg.postprocess.assign import PostprocessSettings
+
+_POSTPROCESS = PostprocessSettings()  # post-processing defaults live there once; the fields below mirror them
 
 LabelResampling = Literal["label_linear", "nearest"]  # how a labelmap goes back to the input's grid
 
 
 class InferenceConfig(ConfigModel):
-    seg_threshold: float = Field(0.5, gt=0, lt=1)  # section 2.6: foreground at probability 0.5
+    seg_threshold: float = Field(_POSTPROCESS.seg_threshold, gt=0, lt=1)  # section 2.6: foreground at probability 0.5
     overlap: float = Field(0.4, ge=0, lt=1)  # between neighbouring windows; nnU-Net's 0.5 scored the same, 1/3 more windows
     window_batch_size: int = Field(2, ge=1)  # windows per forward pass
     window_downsample: int = Field(1, ge=1)  # windows on the box block-averaged by this (2: 8x fewer voxels; coarse-trained nets)
@@ -20,23 +23,23 @@ class InferenceConfig(ConfigModel):
     mirror_axes: tuple[int, ...] = (2,)  # store axes (z, y, x) flipped by TTA; x = left-right, the anatomical mirror
     gaussian_sigma_scale: float = Field(0.125, gt=0)  # importance sigma = scale * patch size (nnU-Net's 1/8)
     id_accumulator_dtype: Literal["float16", "float32"] = "float16"  # 1/4-resolution per-class accumulator
-    min_fragment_ml: float = Field(0.5, ge=0)
-    decoder: Literal["dp", "paper"] = "dp"
-    allow_l6: bool = True  # the chain may end with L6 (VerSe 25): a spine with one is not shifted by a level (docs/postprocessing.md)
-    allow_t13: bool = True  # the chain may pass through T13 (VerSe 28): same, for a 13th thoracic vertebra
-    min_vertebra_ml: float = Field(2.0, ge=0)  # a touching-vertebrae component is split only into pieces this big
-    peak_threshold: float = Field(0.1, ge=0, le=1)  # seeds=peaks: a class whose map never reaches this gives no seed
-    seeds: Literal["cores", "sequence", "peaks"] = "cores"  # split seeds: mask cores + level sequence model, the model alone, or class peaks (section 2.6)
-    core_dynamic_mm: float = Field(3.0, gt=0)  # seeds=cores: a core rises this far above the depth where it joins another
-    core_floor_mm: float = Field(4.5, ge=0)  # seeds=cores: the mask is eroded no shallower than this
-    seed_regions: bool = True  # also seed each level's inner slices where it wins the class map (sure maps only, below)
-    seed_region_confidence: float = Field(0.8, ge=0, le=1)  # seed_regions: the level's cells hold a median class share this high
-    none_state: bool = True  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
-    fragment_prior: float = Field(0.05, ge=0, lt=1)  # none_state: cost of "not a vertebra" between two levels (0: only at the ends)
-    split_merged: bool = True  # split components holding several centroids along nearest-centroid regions
-    split_metric: Literal["geodesic", "euclidean"] = "geodesic"  # nearest centroid through the mask, or straight line
-    gap_aware: bool = False  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)
-    split_aware: bool = True  # dp may give a piece cut off a vertebra (short step or small volume) that vertebra's level
+    min_fragment_ml: float = Field(_POSTPROCESS.min_fragment_ml, ge=0)
+    decoder: Literal["dp", "paper"] = _POSTPROCESS.decoder
+    allow_l6: bool = _POSTPROCESS.allow_l6  # the chain may end with L6 (VerSe 25): a spine with one is not shifted by a level (docs/postprocessing.md)
+    allow_t13: bool = _POSTPROCESS.allow_t13  # the chain may pass through T13 (VerSe 28): same, for a 13th thoracic vertebra
+    min_vertebra_ml: float = Field(_POSTPROCESS.min_vertebra_ml, ge=0)  # a touching-vertebrae component is split only into pieces this big
+    peak_threshold: float = Field(_POSTPROCESS.peak_threshold, ge=0, le=1)  # seeds=peaks: a class whose map never reaches this gives no seed
+    seeds: Literal["cores", "sequence", "peaks"] = _POSTPROCESS.seeds  # split seeds: mask cores + level sequence model, the model alone, or class peaks (section 2.6)
+    core_dynamic_mm: float = Field(_POSTPROCESS.core_dynamic_mm, gt=0)  # seeds=cores: a core rises this far above the depth where it joins another
+    core_floor_mm: float = Field(_POSTPROCESS.core_floor_mm, ge=0)  # seeds=cores: the mask is eroded no shallower than this
+    seed_regions: bool = _POSTPROCESS.seed_regions  # also seed each level's inner slices where it wins the class map (sure maps only, below)
+    seed_region_confidence: float = Field(_POSTPROCESS.seed_region_confidence, ge=0, le=1)  # seed_regions: the level's cells hold a median class share this high
+    none_state: bool = _POSTPROCESS.none_state  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
+    fragment_prior: float = Field(_POSTPROCESS.fragment_prior, ge=0, lt=1)  # none_state: cost of "not a vertebra" between two levels (0: only at the ends)
+    split_merged: bool = _POSTPROCESS.split_merged  # split components holding several centroids along nearest-centroid regions
+    split_metric: Literal["geodesic", "euclidean"] = _POSTPROCESS.split_metric  # nearest centroid through the mask, or straight line
+    gap_aware: bool = _POSTPROCESS.gap_aware  # dp may skip a level where the centroid step is ~2x its neighbours (missed vertebra)
+    split_aware: bool = _POSTPROCESS.split_aware  # dp may give a piece cut off a vertebra (short step or small volume) that vertebra's level
     # label_linear: +2.3 / +3.0 Acc_ID on trained 3 mm models, one vertebra fewer on the one-hot oracle (thin ones lose
     # to background where both are interpolated), so not the default (docs/benchmarks.md)
     label_resampling: LabelResampling = "nearest"  # labelmap onto the input's grid: nearest or each label's mask linearly
