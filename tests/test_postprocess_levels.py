@@ -7,7 +7,10 @@ import pytest
 
 from vertseg.labels import C1_L5
 from vertseg.postprocess import PostprocessSettings, decode_dp, labelmap_from_predictions
-from vertseg.postprocess.levels import core_seeds, cores_with_levels, level_path, level_seeds, slice_evidence
+from vertseg.evaluation.identification import identification_accuracy
+from vertseg.postprocess.assign import _map_sampler
+from vertseg.postprocess.levels import (SpineAxis, core_seeds, cores_with_levels, level_path, level_seeds,
+                                        slice_evidence)
 from vertseg.postprocess.sequence import LabelChain
 
 CHAIN = LabelChain.build(C1_L5)
@@ -74,7 +77,7 @@ def test_seeds_lie_inside_the_mask_one_group_per_level():
     labels, maps = _tower([20, 21, 22])
     coords = np.argwhere(labels > 0).astype(float)
     cells = np.ravel_multi_index(tuple((coords // 4).astype(int).T), maps.shape[1:])
-    seeds, groups = level_seeds(coords, cells, maps.reshape(25, -1), labels.shape[0], C1_L5, (1.0, 1.0, 1.0))
+    seeds, groups = level_seeds(coords, cells, maps.reshape(25, -1), C1_L5, (1.0, 1.0, 1.0))
     assert sorted(CHAIN.states[g] for g in np.unique(groups)) == [20, 21, 22]
     assert (labels[tuple(seeds.astype(int).T)] > 0).all()
     for g in np.unique(groups):  # each group's seeds sit in its own level
@@ -87,7 +90,7 @@ def test_seed_regions_come_only_from_levels_the_maps_name_surely():
     cells = np.ravel_multi_index(tuple((coords // 4).astype(int).T), maps.shape[1:])
 
     def seeds_per_level(class_maps: np.ndarray, confidence: float) -> list[int]:
-        _, groups = level_seeds(coords, cells, class_maps.reshape(25, -1), labels.shape[0], C1_L5, (1.0, 1.0, 1.0),
+        _, groups = level_seeds(coords, cells, class_maps.reshape(25, -1), C1_L5, (1.0, 1.0, 1.0),
                                 region_confidence=confidence)
         return np.unique(groups, return_counts=True)[1].tolist()
 
@@ -102,6 +105,91 @@ def test_seed_regions_come_only_from_levels_the_maps_name_surely():
                 unsure[other] += maps[own] * (0.275 / 0.45)
     assert seeds_per_level(unsure, 0.8) == [1, 1, 1]
     assert min(seeds_per_level(unsure, 0.0)) > 1  # ungated, as before 2026-12-01
+
+
+def _tilted_tower(levels: list[int], tilt_deg: float, height: int = 6, radius: int = 4) -> np.ndarray:
+    """Touching cylinders stacked along an axis tilted `tilt_deg` from z in the z-y plane (a steep cervicothoracic
+    junction): an axial slice through one cuts its neighbours too. Shape padded to a multiple of 4."""
+    theta = np.radians(tilt_deg)
+    direction = np.array([np.cos(theta), np.sin(theta), 0.0])
+    extent = len(levels) * height
+    shape = (int(extent * direction[0]) + 2 * radius + 6, int(extent * direction[1]) + 2 * radius + 6, 2 * radius + 4)
+    shape = tuple(s + (-s) % 4 for s in shape)
+    offset = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), axis=-1) - (radius + 2.0)
+    along = offset @ direction
+    across = np.linalg.norm(offset - along[..., None] * direction, axis=-1)
+    labels = np.zeros(shape, np.uint8)
+    for i, level in enumerate(levels):
+        labels[(along >= i * height) & (along < (i + 1) * height) & (across <= radius)] = level
+    return labels
+
+
+def _quarter_grid_maps(labels: np.ndarray) -> np.ndarray:
+    """What a perfect identification branch outputs: the classes' shares of each 4x4x4 cell (background first)."""
+    classes = np.eye(25, dtype=np.float32)[labels]
+    return classes.reshape(labels.shape[0] // 4, 4, labels.shape[1] // 4, 4, labels.shape[2] // 4, 4, 25
+                           ).mean(axis=(1, 3, 5)).transpose(3, 0, 1, 2)
+
+
+def test_spine_axis_steps_across_the_spine_not_across_the_scan():
+    straight = np.argwhere(np.ones((10, 3, 3))).astype(float) + [5, 0, 0]
+    assert (SpineAxis.fit(straight, (3.0,) * 3).position(straight, (3.0,) * 3) == straight[:, 0] - 5).all()
+    labels = _tilted_tower([3, 4, 5, 6], tilt_deg=60)
+    coords = np.argwhere(labels > 0).astype(float)
+    step = SpineAxis.fit(coords, (3.0,) * 3).position(coords, (3.0,) * 3)
+    levels_per_step = [np.unique(labels[tuple(coords[step == s].astype(int).T)]).size for s in np.unique(step)]
+    levels_per_slice = [np.unique(labels[int(z)][labels[int(z)] > 0]).size for z in np.unique(coords[:, 0])]
+    assert max(levels_per_slice) >= 3  # an axial slice cuts three vertebrae
+    assert np.mean(np.asarray(levels_per_step) == 1) > 0.6 > np.mean(np.asarray(levels_per_slice) == 1)
+
+
+@pytest.mark.parametrize("level_axis, named", [("centre-line", 6), ("axial", 4)])
+def test_a_steeply_tilted_spine_is_named_along_its_centre_line(level_axis, named):
+    labels = _tilted_tower([3, 4, 5, 6, 7, 8], tilt_deg=60)
+    settings = PostprocessSettings(min_fragment_ml=0.0, min_vertebra_ml=0.0, level_axis=level_axis)
+    labelmap, _ = labelmap_from_predictions((labels > 0).astype(np.float32), _quarter_grid_maps(labels),
+                                            (3.0,) * 3, settings)
+    result = identification_accuracy(labels, labelmap, (3.0,) * 3, min_fragment_ml=0.0)
+    assert sum(result.correct.values()) == named  # axial slices give two levels too few slices and merge them
+
+
+def test_a_small_level_straddling_coarse_cells_seeds_where_the_interpolated_maps_name_it():
+    labels = _tilted_tower([3, 4, 5, 6, 7], tilt_deg=0, height=5)  # 15 mm vertebrae on 12 mm cells
+    maps = _quarter_grid_maps(labels)
+    coords = np.argwhere(labels > 0).astype(float)
+    cells = np.ravel_multi_index(tuple((coords // 4).astype(int).T), maps.shape[1:])
+    sampler = _map_sampler(maps[1:], coords, labels.shape)
+
+    def regions(class_maps: np.ndarray, sample) -> list[int]:
+        seeds, groups = level_seeds(coords, cells, class_maps.reshape(25, -1), C1_L5, (3.0,) * 3,
+                                    region_confidence=0.95, sample_maps=sample)
+        for g in np.unique(groups):  # every seed in its own vertebra
+            assert set(labels[tuple(seeds[groups == g].astype(int).T)]) == {CHAIN.states[g]}
+        return np.unique(groups, return_counts=True)[1].tolist()
+
+    gated = np.asarray(regions(maps, None))
+    assert (gated == 1).sum() >= 2  # levels whose won cells are all mixtures fail the gate: one seed point each
+    assert (np.asarray(regions(maps, sampler))[gated == 1] > 1).all()  # two-class mixtures: a boundary region each
+    unsure = maps.copy()  # the same winners, with a fifth of the evidence spread over the tower's five classes
+    spread = np.isin(np.arange(24), [2, 3, 4, 5, 6])[:, None, None, None] / 5
+    unsure[1:] = 0.8 * maps[1:] + 0.2 * maps[1:].sum(axis=0) * spread
+    assert (np.asarray(regions(unsure, _map_sampler(unsure[1:], coords, labels.shape)))[gated == 1] == 1).all()
+
+
+def test_a_seed_region_stops_where_the_interpolated_maps_change_level_inside_a_cell():
+    labels = _tilted_tower([3, 4, 5, 6, 7], tilt_deg=0, height=8)  # boundaries 2 voxels into a cell
+    maps = _quarter_grid_maps(labels)
+    coords = np.argwhere(labels > 0).astype(float)
+    cells = np.ravel_multi_index(tuple((coords // 4).astype(int).T), maps.shape[1:])
+
+    def seeds_in_another_vertebra(sample) -> int:
+        seeds, groups = level_seeds(coords, cells, maps.reshape(25, -1), C1_L5, (3.0,) * 3, region_confidence=0.8,
+                                    sample_maps=sample)
+        return sum(int((labels[tuple(seeds[groups == g].astype(int).T)] != CHAIN.states[g]).sum())
+                   for g in np.unique(groups))
+
+    assert seeds_in_another_vertebra(None) > 0  # a won cell's voxels include the edge of the next vertebra
+    assert seeds_in_another_vertebra(_map_sampler(maps[1:], coords, labels.shape)) == 0
 
 
 def test_touching_tower_is_split_and_named_exactly():

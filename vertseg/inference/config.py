@@ -34,6 +34,8 @@ class InferenceConfig(ConfigModel):
     core_floor_mm: float = Field(_POSTPROCESS.core_floor_mm, ge=0)  # seeds=cores: the mask is eroded no shallower than this
     seed_regions: bool = _POSTPROCESS.seed_regions  # also seed each level's inner slices where it wins the class map (sure maps only, below)
     seed_region_confidence: float = Field(_POSTPROCESS.seed_region_confidence, ge=0, le=1)  # seed_regions: the level's cells hold a median class share this high
+    interpolated_regions: bool = _POSTPROCESS.interpolated_regions  # seed_regions: read from the class maps interpolated at each voxel (a region stops at the boundary inside a cell; a small level whose cells straddle two levels still gets one)
+    level_axis: Literal["centre-line", "axial"] = _POSTPROCESS.level_axis  # the level sequence walks slices across the spine's centre line, or axial slices
     none_state: bool = _POSTPROCESS.none_state  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
     fragment_prior: float = Field(_POSTPROCESS.fragment_prior, ge=0, lt=1)  # none_state: cost of "not a vertebra" between two levels (0: only at the ends)
     split_merged: bool = _POSTPROCESS.split_merged  # split components holding several centroids along nearest-centroid regions

@@ -2,7 +2,8 @@
 
 Steps: threshold the foreground (0.5); 3D connected components without small fragments are the vertebra
 candidates; seeds, always inside the mask (`seeds`: the mask's cores, which count vertebrae whatever the class maps
-say, shaped by a cranio-caudal sequence model over per-slice class evidence, `levels.py`, default; the sequence
+say, shaped by a cranio-caudal sequence model over the class evidence of slices cut across the spine's centre
+line, `levels.py`, default; the sequence
 model alone; or per-class peaks snapped into the mask, the paper's "per-class peak locations"); a component holding
 several seed groups (touching vertebrae) is split by nearest seed - through the mask (geodesic, default) or in a
 straight line (Euclidean, the paper's wording); with cores, pieces without a seed that are fragments get no level;
@@ -17,14 +18,16 @@ into a full-size buffer per class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
+from scipy import ndimage
 
 from vertseg.labels import C1_L5, PROTOCOLS, VERSE_NAMES, Protocol
 from vertseg.postprocess.components import connected_components, min_voxels, sort_cranio_caudal, voxel_volume_ml
-from vertseg.postprocess.levels import core_seeds, cores_with_levels, level_seeds
+from vertseg.postprocess.levels import SpineAxis, core_seeds, cores_with_levels, level_seeds
 from vertseg.postprocess.sequence import FRAGMENT_PRIOR, Decoded, DecoderName, decode
 
 
@@ -47,6 +50,8 @@ class PostprocessSettings:
     core_floor_mm: float = 4.5
     seed_regions: bool = True
     seed_region_confidence: float = 0.8
+    interpolated_regions: bool = True
+    level_axis: Literal["centre-line", "axial"] = "centre-line"
     none_state: bool = True
     fragment_prior: float = FRAGMENT_PRIOR
     split_merged: bool = True
@@ -242,6 +247,20 @@ def _map_index(coords: np.ndarray, map_shape: tuple[int, ...], fg_shape: tuple[i
     return np.ravel_multi_index(tuple(low.T), map_shape)
 
 
+def _map_sampler(maps: np.ndarray, coords: np.ndarray, fg_shape: tuple[int, ...]
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows of `coords` (foreground voxels) -> (C, rows) `maps` interpolated trilinearly at those voxels: the
+    boundary between two levels falls inside a coarse cell, and the cell value alone cannot place it."""
+    scale = _scale(maps.shape[1:], fg_shape)
+    maps = np.asarray(maps, dtype=np.float32)
+
+    def sample(rows: np.ndarray) -> np.ndarray:
+        grid = ((coords[rows] + 0.5) / scale - 0.5).T
+        return np.stack([ndimage.map_coordinates(channel, grid, order=1, mode="nearest") for channel in maps])
+
+    return sample
+
+
 def instance_probabilities(ids: np.ndarray, n: int, maps_flat: np.ndarray, map_index: np.ndarray) -> np.ndarray:
     """(n, K) mean class maps over each instance's voxels (`ids` 0..n-1 per foreground voxel), rows normalised.
 
@@ -293,16 +312,19 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
     if maps is not None and n_cc and settings.split_merged:
         min_piece = max(1, min_voxels(settings.min_vertebra_ml, spacing))
         if settings.seeds in ("sequence", "cores"):
-            seeds, groups = level_seeds(coords, map_index, maps_flat, cc.shape[0], protocol, spacing,
+            axis = SpineAxis.fit(coords, spacing) if settings.level_axis == "centre-line" else None
+            sample = _map_sampler(maps[1:], coords + offset, fg_prob.shape) if settings.interpolated_regions else None
+            seeds, groups = level_seeds(coords, map_index, maps_flat, protocol, spacing,
                                         settings.allow_l6, settings.allow_t13, min_piece,
                                         regions=settings.seed_regions and settings.split_metric == "geodesic",
                                         background=settings.none_state,
-                                        region_confidence=settings.seed_region_confidence)
+                                        region_confidence=settings.seed_region_confidence, axis=axis,
+                                        sample_maps=sample)
             if settings.seeds == "cores":
                 *core, not_bodies = core_seeds(coords, spacing, settings.core_dynamic_mm, settings.core_floor_mm,
                                                min_piece // 8)
                 every = np.concatenate([core[0], seeds]).astype(np.int64)
-                seeds, groups = cores_with_levels(core, (seeds, groups), cc[tuple(every.T)])
+                seeds, groups = cores_with_levels(core, (seeds, groups), cc[tuple(every.T)], spacing, axis)
         else:
             seeds = peak_seeds(coords, map_index, maps_flat[1:], settings.peak_threshold)
             groups = np.arange(seeds.shape[0])

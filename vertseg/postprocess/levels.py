@@ -3,12 +3,16 @@
 At coarse spacing every vertebra of a spine touches its neighbours and the mask is one component, so instances
 come from seeds. Per-class peaks of the identification maps make poor seeds: a peak is a coarse cell, often
 outside the thin mask, and a class whose evidence is spread or weak gives no peak at all; one lost seed merges two
-vertebrae and shifts every label below. Here the axial slices of the mask are walked superior to inferior by a
+vertebrae and shifts every label below. Here the slices of the mask are walked superior to inferior by a
 hidden Markov model whose states are "above the spine", the levels of the label chain in order, and "below the
 spine" (sacrum, fragments): a slice either stays in its level or advances one level, with the expected stay of a
 level its typical height (VerSe 2019 training centroids). The evidence of a slice is the mean class probability
 over its mask voxels. Each level's run of slices gives one seed: the mask voxel nearest to that level's
 probability-weighted centre there, so a seed is always inside the mask.
+
+The "slices" are cut across the spine's centre line (`SpineAxis`), not the scan's axial planes: where the spine
+runs steeply forward (the cervicothoracic junction, a kyphosis), an axial slice holds two or three levels and the
+walk gives a level too few slices; steps of the same thickness along the centre line hold one.
 
 That model needs class maps that tell neighbouring levels apart. The mask's cores (`core_seeds`: its thick parts,
 the vertebral bodies, on the distance to the background) count vertebrae without them; `cores_with_levels` joins
@@ -17,9 +21,14 @@ both kinds of seeds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import cc3d
 import numpy as np
+from numpy.polynomial import Polynomial
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from vertseg.labels import L6, T13, Protocol
 from vertseg.postprocess.sequence import NONE_PRIOR, LabelChain, viterbi
@@ -35,12 +44,53 @@ CORE_GRID_MM = 2.0  # cores are found on blocks of at least this size: a vertebr
 MAX_CORE_HEIGHT_MM = 1.2 * max(LEVEL_HEIGHT_MM)  # a taller core is no vertebral body (a contrast-filled vessel, an organ)
 _LEAVE_SPINE = 1e-3  # per slice: the spine ends (scan border, sacrum) before its last level
 _ENTER_SPINE = 1e-3  # per slice: the spine starts below the top slice
+AXIS_DEGREE = 3  # the centre line is a cubic in z: it follows a lordosis and a kyphosis, not ribs and processes
+BOUNDARY_TWO_CLASS_SHARE = 0.95  # a level's cells hold two classes only: the coarse grid straddles a boundary
+BOUNDARY_REGION_SHARE = 0.7  # ... and its boundary region is where the interpolated maps give it this share
+
+
+@dataclass(frozen=True)
+class SpineAxis:
+    """The spine's centre line: a smooth curve through the per-slice centres of the mask, cut into steps of one
+    slice thickness by arc length. `position` of a point is the step of the curve point nearest to it."""
+
+    points_mm: np.ndarray  # (M, 3) dense samples of the curve, z first
+    arc_mm: np.ndarray  # (M,) arc length at each sample
+    step_mm: float
+
+    @classmethod
+    def fit(cls, coords: np.ndarray, spacing, degree: int = AXIS_DEGREE) -> "SpineAxis":
+        """Least-squares polynomial y(z), x(z) through the mask's slice centres, each weighted by the square root
+        of its voxel count (a slice crossing ribs or a fragment pulls less than its area)."""
+        spacing = np.asarray(spacing, dtype=np.float64)
+        z = coords[:, 0].astype(np.int64)
+        slices, inverse, count = np.unique(z, return_inverse=True, return_counts=True)
+        centre = np.stack([np.bincount(inverse, weights=coords[:, a]) / count for a in (1, 2)], axis=1)
+        zs = np.linspace(slices[0], slices[-1], 4 * (slices[-1] - slices[0]) + 1)
+        degree = min(degree, slices.size - 1)
+        curve = [zs] + [Polynomial.fit(slices, centre[:, a], degree, w=np.sqrt(count))(zs) if degree > 0
+                        else np.full(zs.size, centre[0, a]) for a in (0, 1)]
+        points = np.stack(curve, axis=1) * spacing
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+        return cls(points, arc, float(spacing[0]))
+
+    def position(self, points: np.ndarray, spacing) -> np.ndarray:
+        """Step along the centre line (0 at the top slice) of each voxel coordinate row of `points`."""
+        if points.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        _, nearest = cKDTree(self.points_mm).query(np.asarray(points, dtype=np.float64) * np.asarray(spacing))
+        return np.rint(self.arc_mm[nearest] / self.step_mm).astype(np.int64)
+
+
+def positions(points: np.ndarray, spacing, axis: SpineAxis | None) -> np.ndarray:
+    """Cranio-caudal step of each point: along `axis`, or its axial slice without one."""
+    return points[:, 0].astype(np.int64) if axis is None else axis.position(points, spacing)
 
 
 def slice_evidence(z: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray, n_slices: int) -> np.ndarray:
-    """(n_slices, C) mean of each map channel over the mask voxels of each axial slice (NaN rows: empty slice).
+    """(n_slices, C) mean of each map channel over the mask voxels of each slice (NaN rows: empty slice).
 
-    `z`: slice of each mask voxel, `map_index`: its cell in the class-map grid, `maps_flat`: (C, cells). Voxels are
+    `z`: slice of each mask voxel (axial, or a step along the spine's centre line), `map_index`: its cell in the class-map grid, `maps_flat`: (C, cells). Voxels are
     counted per (slice, cell) pair first, so each map cell is read once per slice it touches."""
     cells = maps_flat.shape[1]
     pairs, count = np.unique(z.astype(np.int64) * cells + map_index, return_counts=True)
@@ -96,34 +146,45 @@ def _slice_transitions(chain: LabelChain, slice_mm: float, transitional_prior: f
     return log_t
 
 
-def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray, n_slices: int,
-                protocol: Protocol, spacing, allow_l6: bool = False, allow_t13: bool = False,
-                min_voxels: int = 1, regions: bool = True, background: bool = True, region_confidence: float = 0.0
-                ) -> tuple[np.ndarray, np.ndarray]:
+def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray, protocol: Protocol, spacing,
+                allow_l6: bool = False, allow_t13: bool = False, min_voxels: int = 1, regions: bool = True,
+                background: bool = True, region_confidence: float = 0.0, axis: SpineAxis | None = None,
+                sample_maps: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Seeds (M, 3) in the voxel coordinates of `coords` and the level (index of the chain) each stands for.
 
     `coords`: (N, 3) mask voxel indices (z first), `map_index`: their class-map cells, `maps_flat`: (1 + K, cells)
-    maps with the background first (a row of zeros when the network has none). Per level run of slices: the mask
-    voxel nearest to the level's probability-weighted centre there, plus with `regions` every voxel of the run's
-    inner slices (its first and last slice are shared with the neighbours) whose map cell the level wins, if the
-    cells it wins give it a median share of at least `region_confidence` of their vertebra-class evidence. Seed
-    regions keep a long spinous process, which a geodesic split from one body point hands to the vertebra below,
-    with its own level (oracle maps at 3 mm, 82 vertebrae: worst IoU with the truth 0.59 from single points, 0.78
-    from these regions; 0.38 from every voxel of the run). A trained network's maps are not that sure: its cells
-    are won narrowly, at a tilted level by the level whose slices they share rather than the vertebra that fills
-    them, and regions from them hand half a vertebra to its neighbour (trained fsl, 12 test phantoms: Acc_ID 53-55 %
-    with every won cell, 77-79 % with the gate at 0.8; docs/postprocessing.md). A level whose run holds fewer than `min_voxels` mask
-    voxels gives no seed (its voxels join a neighbour and the decoder still names the rest). `background`: whether
-    the background channel may call slices "not a vertebra" (`inference.none_state`)."""
+    maps with the background first (a row of zeros when the network has none). Slices are cut along `axis` (axial
+    without one). Per level run of slices: the mask voxel nearest to the level's probability-weighted centre there,
+    plus with `regions` every voxel of the run's inner slices (its first and last slice are shared with the
+    neighbours) whose map cell the level wins, if the cells it wins give it a median share of at least
+    `region_confidence` of their vertebra-class evidence. Seed regions keep a long spinous process, which a
+    geodesic split from one body point hands to the vertebra below, with its own level (oracle maps at 3 mm, 82
+    vertebrae: worst IoU with the truth 0.59 from single points, 0.78 from these regions; 0.38 from every voxel of
+    the run). A trained network's maps are not that sure: its cells are won narrowly, at a tilted level by the level
+    whose slices they share rather than the vertebra that fills them, and regions from them hand half a vertebra to
+    its neighbour (trained fsl, 12 test phantoms: Acc_ID 53-55 % with every won cell, 77-79 % with the gate at 0.8;
+    docs/postprocessing.md).
+
+    With `sample_maps` (rows of `coords` -> (K, rows) vertebra-class maps interpolated at those voxels) regions
+    follow the boundaries inside a cell: a won cell also covers the edge of the next vertebra, so a region keeps
+    only the voxels where the interpolated maps name the level too; and a level that fails the gate only because
+    its vertebra is small next to a cell (a cervical level on the 1/4 grid: its cells also hold the next level, but
+    nothing else) gets a boundary region: if the cells it touches hold two classes for at least
+    `BOUNDARY_TWO_CLASS_SHARE` of their evidence, the voxels where the interpolated maps give it
+    `BOUNDARY_REGION_SHARE`. A trained network's unsure cells spread their evidence over more classes and get
+    none. A level whose run holds fewer than `min_voxels` mask voxels gives no
+    seed (its voxels join a neighbour and the decoder still names the rest). `background`: whether the background
+    channel may call slices "not a vertebra" (`inference.none_state`)."""
     chain = LabelChain.build(protocol, allow_l6, allow_t13)
-    z = coords[:, 0].astype(np.int64)
-    path = level_path(slice_evidence(z, map_index, maps_flat, n_slices), chain, float(np.asarray(spacing)[0]),
-                      background=background)
-    state = path[z]
+    step = positions(coords, spacing, axis)
+    path = level_path(slice_evidence(step, map_index, maps_flat, int(step.max(initial=-1)) + 1), chain,
+                      float(np.asarray(spacing)[0]), background=background)
+    state = path[step]
     spacing = np.asarray(spacing, dtype=np.float64)
     vertebra = maps_flat[1:].astype(np.float64)
     winner = np.argmax(vertebra, axis=0) + 1
-    share = vertebra.max(axis=0) / np.clip(vertebra.sum(axis=0), 1e-12, None)
+    evidence = np.clip(vertebra.sum(axis=0), 1e-12, None)
+    share = vertebra.max(axis=0) / evidence
     seeds, groups = [], []
     for i in np.unique(state[(state >= 0) & (state < len(chain.states))]):
         members = np.flatnonzero(state == i)
@@ -135,17 +196,35 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
         centre = (coords[members] * weight[:, None]).sum(axis=0) / weight.sum()
         strong = members[weight >= 0.5 * weight.max()]
         chosen = [strong[np.argmin((((coords[strong] - centre) * spacing) ** 2).sum(axis=1))]]
-        won = members[winner[map_index[members]] == klass]
-        if regions and won.size and np.median(share[map_index[won]]) >= region_confidence:
-            depth = coords[members, 0]
-            inner = (coords[won, 0] > depth.min()) & (coords[won, 0] < depth.max())
-            chosen += list(won[inner])
+        if regions:
+            won = members[winner[map_index[members]] == klass]
+            if not (won.size and np.median(share[map_index[won]]) >= region_confidence):
+                won = _boundary_region(members, klass, map_index, vertebra, evidence, sample_maps)
+            elif sample_maps is not None:
+                won = won[np.argmax(sample_maps(won), axis=0) == klass - 1]
+            run = step[members]
+            chosen += list(won[(step[won] > run.min()) & (step[won] < run.max())])
         chosen = np.unique(chosen)
         seeds.append(coords[chosen])
         groups.append(np.full(chosen.size, i))
     if not seeds:
         return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
     return np.concatenate(seeds).astype(np.float64), np.concatenate(groups).astype(np.int64)
+
+
+def _boundary_region(members: np.ndarray, klass: int, map_index: np.ndarray, vertebra: np.ndarray,
+                     evidence: np.ndarray, sample_maps: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """Voxels of `members` where the interpolated maps give `klass` its boundary share, if its cells are two-class
+    mixtures (see `level_seeds`); none otherwise."""
+    if sample_maps is None:
+        return members[:0]
+    cells = map_index[members]
+    top_two = np.sort(np.partition(vertebra[:, cells], -2, axis=0)[-2:], axis=0).sum(axis=0) / evidence[cells]
+    if np.median(top_two) < BOUNDARY_TWO_CLASS_SHARE:
+        return members[:0]
+    sampled = sample_maps(members)
+    own = sampled[klass - 1] / np.clip(sampled.sum(axis=0), 1e-12, None)
+    return members[(np.argmax(sampled, axis=0) == klass - 1) & (own >= BOUNDARY_REGION_SHARE)]
 
 
 def core_seeds(coords: np.ndarray, spacing, dynamic_mm: float, floor_mm: float, min_voxels: int = 1
@@ -223,10 +302,11 @@ def _core_seeds_on_coarser_grid(coords: np.ndarray, spacing: np.ndarray, factor:
 
 
 def cores_with_levels(core: tuple[np.ndarray, np.ndarray], level: tuple[np.ndarray, np.ndarray],
-                      component: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      component: np.ndarray | None = None, spacing=(1.0, 1.0, 1.0), axis: SpineAxis | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Join the two kinds of seeds: cores count the vertebrae, the sequence model's level seeds shape them.
 
-    Each core belongs to the level whose seeds span most of its slices. A level holding exactly one core lends it
+    Each core belongs to the level whose seeds span most of its slices (cut along `axis`, as the levels were). A level holding exactly one core lends it
     its seeds (the level's seed regions keep a long spinous process with its own body); a level holding several
     cores is one the class maps could not tell apart, and its cores stand alone; a level with no core in its
     slices (a vertebra too thin for a core, e.g. cervical at coarse spacing) keeps its own seeds. `component`
@@ -239,15 +319,16 @@ def cores_with_levels(core: tuple[np.ndarray, np.ndarray], level: tuple[np.ndarr
         if core_groups.size:
             return core
         return level_points, np.unique(level_groups, return_inverse=True)[1]
-    top = np.array([level_points[level_groups == g, 0].min() for g in levels])
-    bottom = np.array([level_points[level_groups == g, 0].max() for g in levels])
+    level_steps, core_steps = positions(level_points, spacing, axis), positions(core_points, spacing, axis)
+    top = np.array([level_steps[level_groups == g].min() for g in levels])
+    bottom = np.array([level_steps[level_groups == g].max() for g in levels])
     n_cores = int(core_groups.max()) + 1
     owner = np.full(n_cores, -1)
     for c in range(n_cores):
-        z = core_points[core_groups == c, 0]
+        z = core_steps[core_groups == c]
         overlap = ((z[:, None] >= top[None]) & (z[:, None] <= bottom[None])).sum(axis=0)
         owner[c] = int(np.argmax(overlap)) if overlap.max() > 0 else -1
-    core_slices = np.unique(core_points[:, 0].astype(np.int64))
+    core_slices = np.unique(core_steps)
     points, groups = [core_points], [core_groups]
     extra = n_cores
     for i, g in enumerate(levels):
@@ -259,7 +340,7 @@ def cores_with_levels(core: tuple[np.ndarray, np.ndarray], level: tuple[np.ndarr
                 members &= component[core_groups.size:] == own
             points.append(level_points[members])
             groups.append(np.full(int(members.sum()), held[0]))
-        elif held.size == 0 and not np.isin(level_points[members, 0].astype(np.int64), core_slices).any():
+        elif held.size == 0 and not np.isin(level_steps[members], core_slices).any():
             points.append(level_points[members])
             groups.append(np.full(int(members.sum()), extra))
             extra += 1
