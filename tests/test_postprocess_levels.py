@@ -133,10 +133,13 @@ def _quarter_grid_maps(labels: np.ndarray) -> np.ndarray:
 
 def test_spine_axis_steps_across_the_spine_not_across_the_scan():
     straight = np.argwhere(np.ones((10, 3, 3))).astype(float) + [5, 0, 0]
-    assert (SpineAxis.fit(straight, (3.0,) * 3).position(straight, (3.0,) * 3) == straight[:, 0] - 5).all()
+    vertical = SpineAxis.fit(straight, (3.0,) * 3)
+    assert (vertical.position(straight) == straight[:, 0] - 5).all()
+    assert (vertical.position(straight + [0, 4, 0]) == straight[:, 0] - 5).all()  # beside the fitted voxels
     labels = _tilted_tower([3, 4, 5, 6], tilt_deg=60)
     coords = np.argwhere(labels > 0).astype(float)
-    step = SpineAxis.fit(coords, (3.0,) * 3).position(coords, (3.0,) * 3)
+    axis = SpineAxis.fit(coords, (3.0,) * 3)
+    step = axis.position(coords)
     levels_per_step = [np.unique(labels[tuple(coords[step == s].astype(int).T)]).size for s in np.unique(step)]
     levels_per_slice = [np.unique(labels[int(z)][labels[int(z)] > 0]).size for z in np.unique(coords[:, 0])]
     assert max(levels_per_slice) >= 3  # an axial slice cuts three vertebrae

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
 
 from vertseg.labels import C1_L5, PROTOCOLS, VERSE_NAMES, Protocol
 from vertseg.postprocess.components import connected_components, min_voxels, sort_cranio_caudal, voxel_volume_ml
@@ -249,14 +248,24 @@ def _map_index(coords: np.ndarray, map_shape: tuple[int, ...], fg_shape: tuple[i
 
 def _map_sampler(maps: np.ndarray, coords: np.ndarray, fg_shape: tuple[int, ...]
                  ) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows of `coords` (foreground voxels) -> (C, rows) `maps` interpolated trilinearly at those voxels: the
-    boundary between two levels falls inside a coarse cell, and the cell value alone cannot place it."""
+    """Rows of `coords` (foreground voxels) -> (C, rows) `maps` interpolated trilinearly at those voxels (the border
+    cells extended): the boundary between two levels falls inside a coarse cell, and the cell value alone cannot
+    place it. The eight corner cells and weights are found once per voxel for all channels."""
+    shape = np.asarray(maps.shape[1:])
     scale = _scale(maps.shape[1:], fg_shape)
-    maps = np.asarray(maps, dtype=np.float32)
+    flat = np.asarray(maps, dtype=np.float32).reshape(maps.shape[0], -1)
 
     def sample(rows: np.ndarray) -> np.ndarray:
-        grid = ((coords[rows] + 0.5) / scale - 0.5).T
-        return np.stack([ndimage.map_coordinates(channel, grid, order=1, mode="nearest") for channel in maps])
+        grid = np.clip((coords[rows] + 0.5) / scale - 0.5, 0, shape - 1)
+        low = np.minimum(np.floor(grid).astype(np.int64), np.maximum(shape - 2, 0))
+        frac = (grid - low).astype(np.float32)
+        out = np.zeros((flat.shape[0], rows.size), dtype=np.float32)
+        for corner in np.ndindex(2, 2, 2):
+            offset = np.asarray(corner)
+            weight = np.prod(np.where(offset, frac, 1 - frac), axis=1)
+            cell = np.ravel_multi_index(tuple(np.minimum(low + offset, shape - 1).T), maps.shape[1:])
+            out += flat[:, cell] * weight
+        return out
 
     return sample
 
@@ -324,7 +333,7 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
                 *core, not_bodies = core_seeds(coords, spacing, settings.core_dynamic_mm, settings.core_floor_mm,
                                                min_piece // 8)
                 every = np.concatenate([core[0], seeds]).astype(np.int64)
-                seeds, groups = cores_with_levels(core, (seeds, groups), cc[tuple(every.T)], spacing, axis)
+                seeds, groups = cores_with_levels(core, (seeds, groups), cc[tuple(every.T)], axis)
         else:
             seeds = peak_seeds(coords, map_index, maps_flat[1:], settings.peak_threshold)
             groups = np.arange(seeds.shape[0])

@@ -22,7 +22,7 @@ both kinds of seeds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cc3d
 import numpy as np
@@ -52,16 +52,20 @@ BOUNDARY_REGION_SHARE = 0.7  # ... and its boundary region is where the interpol
 @dataclass(frozen=True)
 class SpineAxis:
     """The spine's centre line: a smooth curve through the per-slice centres of the mask, cut into steps of one
-    slice thickness by arc length. `position` of a point is the step of the curve point nearest to it."""
+    slice thickness by arc length. The step of a point is that of the curve point nearest to it; the mask voxels'
+    steps are found once, when the axis is fitted, and looked up after."""
 
     points_mm: np.ndarray  # (M, 3) dense samples of the curve, z first
     arc_mm: np.ndarray  # (M,) arc length at each sample
-    step_mm: float
+    spacing: np.ndarray
+    voxel_keys: np.ndarray  # sorted flat indices (in `extent`) of the voxels fitted
+    voxel_steps: np.ndarray  # their steps, in the same order
+    extent: tuple[int, int, int]
 
     @classmethod
     def fit(cls, coords: np.ndarray, spacing, degree: int = AXIS_DEGREE) -> "SpineAxis":
-        """Least-squares polynomial y(z), x(z) through the mask's slice centres, each weighted by the square root
-        of its voxel count (a slice crossing ribs or a fragment pulls less than its area)."""
+        """Least-squares polynomial y(z), x(z) through the slice centres of the mask voxels `coords`, each weighted
+        by the square root of its voxel count (a slice crossing ribs or a fragment pulls less than its area)."""
         spacing = np.asarray(spacing, dtype=np.float64)
         z = coords[:, 0].astype(np.int64)
         slices, inverse, count = np.unique(z, return_inverse=True, return_counts=True)
@@ -72,26 +76,42 @@ class SpineAxis:
                         else np.full(zs.size, centre[0, a]) for a in (0, 1)]
         points = np.stack(curve, axis=1) * spacing
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
-        return cls(points, arc, float(spacing[0]))
+        extent = tuple(int(e) for e in coords.max(axis=0).astype(np.int64) + 1)
+        keys = np.ravel_multi_index(tuple(coords.astype(np.int64).T), extent)
+        order = np.argsort(keys)
+        axis = cls(points, arc, spacing, keys[order], np.zeros(0, dtype=np.int64), extent)
+        return replace(axis, voxel_steps=axis._nearest_steps(coords[order]))
 
-    def position(self, points: np.ndarray, spacing) -> np.ndarray:
+    def position(self, points: np.ndarray) -> np.ndarray:
         """Step along the centre line (0 at the top slice) of each voxel coordinate row of `points`."""
         if points.size == 0:
             return np.zeros(0, dtype=np.int64)
-        _, nearest = cKDTree(self.points_mm).query(np.asarray(points, dtype=np.float64) * np.asarray(spacing))
-        return np.rint(self.arc_mm[nearest] / self.step_mm).astype(np.int64)
+        voxels = points.astype(np.int64)
+        inside = (voxels >= 0).all(axis=1) & (voxels < np.asarray(self.extent)).all(axis=1)
+        keys = np.ravel_multi_index(tuple(np.where(inside[:, None], voxels, 0).T), self.extent)
+        at = np.minimum(np.searchsorted(self.voxel_keys, keys), self.voxel_keys.size - 1)
+        known = inside & (self.voxel_keys[at] == keys)
+        steps = np.where(known, self.voxel_steps[at], 0)
+        if not known.all():
+            steps[~known] = self._nearest_steps(points[~known])
+        return steps
+
+    def _nearest_steps(self, points: np.ndarray) -> np.ndarray:
+        _, nearest = cKDTree(self.points_mm).query(np.asarray(points, dtype=np.float64) * self.spacing)
+        return np.rint(self.arc_mm[nearest] / self.spacing[0]).astype(np.int64)
 
 
-def positions(points: np.ndarray, spacing, axis: SpineAxis | None) -> np.ndarray:
+def positions(points: np.ndarray, axis: SpineAxis | None) -> np.ndarray:
     """Cranio-caudal step of each point: along `axis`, or its axial slice without one."""
-    return points[:, 0].astype(np.int64) if axis is None else axis.position(points, spacing)
+    return points[:, 0].astype(np.int64) if axis is None else axis.position(points)
 
 
 def slice_evidence(z: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray, n_slices: int) -> np.ndarray:
     """(n_slices, C) mean of each map channel over the mask voxels of each slice (NaN rows: empty slice).
 
-    `z`: slice of each mask voxel (axial, or a step along the spine's centre line), `map_index`: its cell in the class-map grid, `maps_flat`: (C, cells). Voxels are
-    counted per (slice, cell) pair first, so each map cell is read once per slice it touches."""
+    `z`: slice of each mask voxel (axial, or a step along the spine's centre line), `map_index`: its cell in the
+    class-map grid, `maps_flat`: (C, cells). Voxels are counted per (slice, cell) pair first, so each map cell is
+    read once per slice it touches."""
     cells = maps_flat.shape[1]
     pairs, count = np.unique(z.astype(np.int64) * cells + map_index, return_counts=True)
     slice_of, cell = pairs // cells, pairs % cells
@@ -172,11 +192,11 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
     nothing else) gets a boundary region: if the cells it touches hold two classes for at least
     `BOUNDARY_TWO_CLASS_SHARE` of their evidence, the voxels where the interpolated maps give it
     `BOUNDARY_REGION_SHARE`. A trained network's unsure cells spread their evidence over more classes and get
-    none. A level whose run holds fewer than `min_voxels` mask voxels gives no
-    seed (its voxels join a neighbour and the decoder still names the rest). `background`: whether the background
-    channel may call slices "not a vertebra" (`inference.none_state`)."""
+    none. A level whose run holds fewer than `min_voxels` mask voxels gives no seed (its voxels join a neighbour and
+    the decoder still names the rest). `background`: whether the background channel may call slices "not a
+    vertebra" (`inference.none_state`)."""
     chain = LabelChain.build(protocol, allow_l6, allow_t13)
-    step = positions(coords, spacing, axis)
+    step = positions(coords, axis)
     path = level_path(slice_evidence(step, map_index, maps_flat, int(step.max(initial=-1)) + 1), chain,
                       float(np.asarray(spacing)[0]), background=background)
     state = path[step]
@@ -219,7 +239,7 @@ def _boundary_region(members: np.ndarray, klass: int, map_index: np.ndarray, ver
     if sample_maps is None:
         return members[:0]
     cells = map_index[members]
-    top_two = np.sort(np.partition(vertebra[:, cells], -2, axis=0)[-2:], axis=0).sum(axis=0) / evidence[cells]
+    top_two = np.partition(vertebra[:, cells], -2, axis=0)[-2:].sum(axis=0) / evidence[cells]
     if np.median(top_two) < BOUNDARY_TWO_CLASS_SHARE:
         return members[:0]
     sampled = sample_maps(members)
@@ -302,16 +322,16 @@ def _core_seeds_on_coarser_grid(coords: np.ndarray, spacing: np.ndarray, factor:
 
 
 def cores_with_levels(core: tuple[np.ndarray, np.ndarray], level: tuple[np.ndarray, np.ndarray],
-                      component: np.ndarray | None = None, spacing=(1.0, 1.0, 1.0), axis: SpineAxis | None = None
+                      component: np.ndarray | None = None, axis: SpineAxis | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Join the two kinds of seeds: cores count the vertebrae, the sequence model's level seeds shape them.
 
-    Each core belongs to the level whose seeds span most of its slices (cut along `axis`, as the levels were). A level holding exactly one core lends it
-    its seeds (the level's seed regions keep a long spinous process with its own body); a level holding several
-    cores is one the class maps could not tell apart, and its cores stand alone; a level with no core in its
-    slices (a vertebra too thin for a core, e.g. cervical at coarse spacing) keeps its own seeds. `component`
-    (optional, one id per core seed then per level seed): lent seeds must lie in their core's mask component (a
-    level's seed regions cover whole slices, ribs and stray blobs included)."""
+    Each core belongs to the level whose seeds span most of its slices (cut along `axis`, as the levels were). A
+    level holding exactly one core lends it its seeds (the level's seed regions keep a long spinous process with its
+    own body); a level holding several cores is one the class maps could not tell apart, and its cores stand alone;
+    a level with no core in its slices (a vertebra too thin for a core, e.g. cervical at coarse spacing) keeps its
+    own seeds. `component` (optional, one id per core seed then per level seed): lent seeds must lie in their core's
+    mask component (a level's seed regions cover whole slices, ribs and stray blobs included)."""
     core_points, core_groups = core
     level_points, level_groups = level
     levels = np.unique(level_groups)
@@ -319,7 +339,7 @@ def cores_with_levels(core: tuple[np.ndarray, np.ndarray], level: tuple[np.ndarr
         if core_groups.size:
             return core
         return level_points, np.unique(level_groups, return_inverse=True)[1]
-    level_steps, core_steps = positions(level_points, spacing, axis), positions(core_points, spacing, axis)
+    level_steps, core_steps = positions(level_points, axis), positions(core_points, axis)
     top = np.array([level_steps[level_groups == g].min() for g in levels])
     bottom = np.array([level_steps[level_groups == g].max() for g in levels])
     n_cores = int(core_groups.max()) + 1
