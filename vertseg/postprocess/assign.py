@@ -1,15 +1,14 @@
 """Section 2.6 post-processing: network outputs -> VerSe labelmap + per-vertebra table.
 
-Steps: threshold the foreground (0.5); 3D connected components without small fragments are the vertebra
-candidates; seeds, always inside the mask (`seeds`: the mask's cores, which count vertebrae whatever the class maps
-say, shaped by a cranio-caudal sequence model over the class evidence of slices cut across the spine's centre
-line, `levels.py`, default; the sequence
-model alone; or per-class peaks snapped into the mask, the paper's "per-class peak locations"); a component holding
-several seed groups (touching vertebrae) is split by nearest seed - through the mask (geodesic, default) or in a
-straight line (Euclidean, the paper's wording); with cores, pieces without a seed that are fragments get no level;
-each candidate's class probabilities are the mean of the class maps over its voxels; candidates sorted
-cranio-caudally are labelled by a sequence decoder (`sequence.py`) that may call the ends of the sequence "not a
-vertebra".
+Steps: threshold the foreground (0.5); 3D connected components without small fragments are the vertebra candidates;
+seeds, always inside the mask (`seeds`: the mask's cores, which count vertebrae whatever the class maps say, shaped
+by a cranio-caudal sequence model over the class evidence of slices cut across the spine's centre line, `levels.py`,
+default; the sequence model alone; or per-class peaks snapped into the mask, the paper's "per-class peak
+locations"); a component holding several seed groups (touching vertebrae) is split by nearest seed - through the
+mask (geodesic, default) or in a straight line (Euclidean, the paper's wording); with cores, pieces without a seed
+that are fragments get no level; each candidate's class probabilities are the mean of the class maps over its
+voxels; candidates sorted cranio-caudally are labelled by a sequence decoder (`sequence.py`) that may call the ends
+of the sequence "not a vertebra".
 
 Arrays are in the canonical store frame (axis 0 = z, index 0 most superior). Class maps may be at a coarser
 grid than the foreground (the identification branch runs at 1/4 resolution); they are sampled, never upsampled

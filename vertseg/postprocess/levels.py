@@ -22,7 +22,7 @@ both kinds of seeds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cc3d
 import numpy as np
@@ -79,8 +79,7 @@ class SpineAxis:
         extent = tuple(int(e) for e in coords.max(axis=0).astype(np.int64) + 1)
         keys = np.ravel_multi_index(tuple(coords.astype(np.int64).T), extent)
         order = np.argsort(keys)
-        axis = cls(points, arc, spacing, keys[order], np.zeros(0, dtype=np.int64), extent)
-        return replace(axis, voxel_steps=axis._nearest_steps(coords[order]))
+        return cls(points, arc, spacing, keys[order], _curve_steps(points, arc, spacing, coords[order]), extent)
 
     def position(self, points: np.ndarray) -> np.ndarray:
         """Step along the centre line (0 at the top slice) of each voxel coordinate row of `points`."""
@@ -93,12 +92,14 @@ class SpineAxis:
         known = inside & (self.voxel_keys[at] == keys)
         steps = np.where(known, self.voxel_steps[at], 0)
         if not known.all():
-            steps[~known] = self._nearest_steps(points[~known])
+            steps[~known] = _curve_steps(self.points_mm, self.arc_mm, self.spacing, points[~known])
         return steps
 
-    def _nearest_steps(self, points: np.ndarray) -> np.ndarray:
-        _, nearest = cKDTree(self.points_mm).query(np.asarray(points, dtype=np.float64) * self.spacing)
-        return np.rint(self.arc_mm[nearest] / self.spacing[0]).astype(np.int64)
+
+def _curve_steps(curve_mm: np.ndarray, arc_mm: np.ndarray, spacing: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Step (arc length in slice thicknesses) of the curve sample nearest to each voxel coordinate row."""
+    _, nearest = cKDTree(curve_mm).query(np.asarray(points, dtype=np.float64) * spacing)
+    return np.rint(arc_mm[nearest] / spacing[0]).astype(np.int64)
 
 
 def positions(points: np.ndarray, axis: SpineAxis | None) -> np.ndarray:
