@@ -15,7 +15,8 @@ from rich.progress import Progress
 from vertseg.config import build_config
 from vertseg.inference.cases import collect_jobs
 from vertseg.inference.config import FAST_OVERRIDES
-from vertseg.inference.localisation import block_mean
+from vertseg.inference.cases import load_job
+from vertseg.inference.localisation import SpineBox, block_mean, grown_box, mask_bounds
 from vertseg.inference.model_loading import resolve_device
 from vertseg.inference.predictor import Predictor, upsample_prediction
 from vertseg.inference.sliding_window import WindowPrediction
@@ -81,6 +82,38 @@ def test_fast_means_fewer_windows_on_the_bone_box_with_the_same_labels(tmp_path)
     assert fast["windows"] < full["windows"]  # overlap 0.25 instead of TINY's 0.5
     assert fast["vertebrae"] == full["vertebrae"] == ["L3", "L4", "L5"]
     np.testing.assert_array_equal(fast_seg, full_seg)  # a pointwise network: fewer windows lose nothing
+
+
+def test_a_box_that_cuts_the_spine_grows_until_the_foreground_is_inside(tmp_path):
+    """A localiser that misses the upper vertebra (the bone heuristic did this to a steep upper cervical spine) must
+    not cost it: the fine pass's foreground touches the box's upper face, the face moves up and the box is rerun."""
+    _levels_phantom(tmp_path / "levels.nii.gz")
+    config = build_config(copy.deepcopy(TINY))
+    predictor = Predictor(LevelOracle(), config, "cpu")
+    scan = load_job(collect_jobs([tmp_path / "levels.nii.gz"])[0], predictor.spacing, tuple(config.data.hu_window))
+    bone = scan.hu > 200.0
+    lo, hi = mask_bounds(bone)
+    cut = SpineBox((int(lo[0] + (hi[0] - lo[0]) // 2), *map(int, lo[1:])), tuple(int(v) for v in hi), "test")
+    assert bone[cut.slices].sum() < bone.sum()
+
+    box, window = predictor.predict_spine(scan.image, cut)
+    assert box.method == "test+grown"
+    assert all(a <= b for a, b in zip(box.start, lo)) and all(a >= b for a, b in zip(box.stop, hi))
+    assert (window.fg_prob > 0.5).sum() == bone.sum()  # the pointwise oracle's foreground is the bone, all of it
+
+    stuck = Predictor(LevelOracle(), build_config(copy.deepcopy(TINY), ["inference.box_growth_rounds=0"]), "cpu")
+    box, window = stuck.predict_spine(scan.image, cut)
+    assert box == cut and (window.fg_prob > 0.5).sum() == bone[cut.slices].sum()
+
+
+def test_only_touched_inner_faces_grow():
+    fg = np.zeros((8, 8, 8), dtype=bool)
+    box = SpineBox((4, 0, 4), (12, 8, 12), "bone")
+    assert grown_box(box, fg, 2.0, (20, 20, 20)) is None
+    fg[3, 0, 3] = True  # touches y = 0, which is the volume's edge: nothing beyond it
+    assert grown_box(box, fg, 2.0, (20, 20, 20)) is None
+    fg[0, 3, 7] = True  # touches the upper z face and the far x face
+    assert grown_box(box, fg, 4.0, (20, 20, 20)) == SpineBox((0, 0, 4), (12, 8, 16), "bone+grown")
 
 
 def test_upsampling_restores_the_grid_and_is_exact_for_linear_maps():

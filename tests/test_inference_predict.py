@@ -96,7 +96,7 @@ def test_predict_phantom_dicom_and_a_broken_case(tmp_path, tiny_predictor, test_
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(test_data / "dicom-sample")))
     dicom = reader.Execute()
     _check_outputs(tmp_path / "out" / "dicom-sample", "dicom-sample", dicom)
-    assert records[2]["spine_box"]["method"] == "bone"
+    assert records[2]["spine_box"]["method"].startswith("bone")  # random weights touch the faces: "bone+grown"
     assert set(records[1]["seconds"]) == {"load", "localisation", "sliding_window", "postprocess", "write", "total"}
 
 

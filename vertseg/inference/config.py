@@ -49,6 +49,7 @@ class InferenceConfig(ConfigModel):
     localisation: Literal["network", "bone", "none"] = "bone"  # label-free spine box for the fine pass
     localisation_spacing_mm: float = Field(2.0, gt=0)  # coarse network pass; vertebrae stay >= ~20 voxels tall
     localisation_margin_mm: float = Field(25.0, ge=0)  # added on every side of the spine box
+    box_growth_rounds: int = Field(2, ge=0)  # fine-pass foreground touching an inner face of the box grows it and reruns
     bone_threshold_hu: float = 200.0  # bone heuristic (fallback): cortical/cancellous bone is above ~200 HU
 
     @model_validator(mode="after")

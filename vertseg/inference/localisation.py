@@ -9,7 +9,10 @@ Two detectors, both on a coarse copy of the store-frame volume (axes z, y, x = I
   near-midline region that is bone in most slices of the scan (ribs, sternum and pelvis are oblique, short or
   lateral), extended by the bone columns of each 32 mm slab that touch it, so a curved spine stays inside.
 
-Neither reads a label; every box gets `localisation_margin_mm` of margin and is clipped to the volume.
+Neither reads a label; every box gets `localisation_margin_mm` of margin and is clipped to the volume. Either can
+miss bone (the bone heuristic's columns drop a steep, anterior upper cervical spine), so after the fine pass
+`grown_box` moves every inner face the fine foreground still touches outward by the margin, and the box is predicted
+again (`inference.box_growth_rounds`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,24 @@ def align_box(box: SpineBox, shape: tuple[int, ...], multiple: int = 4) -> Spine
     return SpineBox(tuple(start), tuple(stop), box.method)  # type: ignore[arg-type]
 
 
+def grown_box(box: SpineBox, foreground: np.ndarray, margin_vox: float, shape: tuple[int, ...]) -> SpineBox | None:
+    """`box` with each face that `foreground` (a mask on the box) touches and that is not the volume's edge moved
+    outward by the margin; None when no such face is touched, so the fine pass saw all of the spine."""
+    margin = int(np.ceil(margin_vox))
+    start, stop = list(box.start), list(box.stop)
+    for axis in range(foreground.ndim):
+        first = np.take(foreground, 0, axis=axis).any()
+        last = np.take(foreground, -1, axis=axis).any()
+        if first and start[axis] > 0:
+            start[axis] = max(0, start[axis] - margin)
+        if last and stop[axis] < shape[axis]:
+            stop[axis] = min(shape[axis], stop[axis] + margin)
+    if (tuple(start), tuple(stop)) == (box.start, box.stop):
+        return None
+    method = box.method if box.method.endswith("+grown") else f"{box.method}+grown"
+    return align_box(SpineBox(tuple(start), tuple(stop), method), shape)  # type: ignore[arg-type]
+
+
 def mask_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Half-open bounding box of the True voxels, or None."""
     if not mask.any():
@@ -101,12 +122,16 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(z, factor, y, factor, x, factor).mean(axis=(1, 3, 5))
 
 
-def foreground_box(fg_prob: np.ndarray, threshold: float, min_voxels: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Box of the thresholded foreground after removing components smaller than `min_voxels`."""
+def foreground_mask(fg_prob: np.ndarray, threshold: float, min_voxels: int) -> np.ndarray:
+    """The thresholded foreground without components smaller than `min_voxels` (what post-processing keeps)."""
     mask = fg_prob > threshold
     if min_voxels > 1 and mask.any():
         mask = cc3d.dust(mask, threshold=min_voxels, connectivity=26) > 0
-    return mask_bounds(mask)
+    return mask
+
+
+def foreground_box(fg_prob: np.ndarray, threshold: float, min_voxels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    return mask_bounds(foreground_mask(fg_prob, threshold, min_voxels))
 
 
 def bone_box(hu: np.ndarray, spacing_mm: float, threshold_hu: float) -> tuple[np.ndarray, np.ndarray] | None:

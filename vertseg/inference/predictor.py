@@ -22,7 +22,9 @@ from vertseg.inference.localisation import (
     downsample_factor,
     expand_box,
     foreground_box,
+    foreground_mask,
     full_box,
+    grown_box,
     scale_box,
 )
 from vertseg.inference.sliding_window import ID_STRIDE, WindowPrediction, WindowProgress, sliding_window_predict
@@ -30,7 +32,7 @@ from vertseg.postprocess.components import min_voxels
 
 
 class Predictor:
-    """A network in eval mode plus the inference settings: `localise` then `predict_box` for each volume."""
+    """A network in eval mode plus the inference settings: `localise` then `predict_spine` for each volume."""
 
     def __init__(self, model: nn.Module, config: VertsegConfig, device: torch.device | str = "cpu",
                  on_progress: WindowProgress | None = None) -> None:
@@ -73,6 +75,20 @@ class Predictor:
         coarse_shape = tuple(-(-s // factor) for s in image.shape)
         start, stop = scale_box(*found, coarse_shape, np.array(coarse_shape) * factor)
         return align_box(expand_box(start, stop, margin, image.shape, "bone"), image.shape)
+
+    def predict_spine(self, image: np.ndarray, box: SpineBox) -> tuple[SpineBox, WindowPrediction]:
+        """`predict_box`, rerun on a grown box while the foreground touches an inner face (`grown_box`): a localiser
+        that cut off a vertebra would otherwise cost that vertebra and, through the level sequence, its neighbours."""
+        cfg = self.config.inference
+        window = self.predict_box(image, box)
+        fragment = min_voxels(cfg.min_fragment_ml, (self.spacing,) * 3)
+        for _ in range(cfg.box_growth_rounds):
+            mask = foreground_mask(window.fg_prob, cfg.seg_threshold, fragment)
+            bigger = grown_box(box, mask, cfg.localisation_margin_mm / self.spacing, image.shape)
+            if bigger is None:
+                break
+            box, window = bigger, self.predict_box(image, bigger)
+        return box, window
 
     def predict_box(self, image: np.ndarray, box: SpineBox) -> WindowPrediction:
         """Sliding-window outputs on `box` of a store-frame volume normalised to [0, 1], on the store grid."""

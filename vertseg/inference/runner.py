@@ -72,7 +72,7 @@ def predict_store_frame(predictor: Predictor, scan: LoadedScan, timer: Timer) ->
     with timer.step("localisation"):
         box = predictor.localise(scan.image, scan.hu)
     with timer.step("sliding_window"):
-        window = predictor.predict_box(scan.image, box)
+        box, window = predictor.predict_spine(scan.image, box)
     with timer.step("postprocess"):
         spacing = (predictor.spacing,) * 3
         roi_labels, records = labelmap_from_predictions(window.fg_prob, window.id_prob, spacing, config)
