@@ -7,6 +7,7 @@ import pytest
 
 from vertseg.labels import C1_L5
 from vertseg.postprocess import PostprocessSettings, decode_dp, labelmap_from_predictions
+from vertseg.postprocess import levels as levels_module
 from vertseg.evaluation.identification import identification_accuracy
 from vertseg.postprocess.assign import _map_sampler
 from vertseg.postprocess.levels import (SpineAxis, core_seeds, cores_with_levels, level_path, level_seeds,
@@ -171,12 +172,33 @@ def test_a_small_level_straddling_coarse_cells_seeds_where_the_interpolated_maps
         return np.unique(groups, return_counts=True)[1].tolist()
 
     gated = np.asarray(regions(maps, None))
-    assert (gated == 1).sum() >= 2  # levels whose won cells are all mixtures fail the gate: one seed point each
-    assert (np.asarray(regions(maps, sampler))[gated == 1] > 1).all()  # two-class mixtures: a boundary region each
+    inner = np.arange(gated.size) % (gated.size - 1) > 0
+    assert (gated[inner] == 1).any() and (gated[~inner] == 1).any()  # won cells all mixtures: one seed point each
+    sampled = np.asarray(regions(maps, sampler))
+    assert (sampled[inner & (gated == 1)] > 1).all()  # two-class mixtures between two levels: a boundary region each
+    assert (sampled[~inner & (gated == 1)] == 1).all()  # the end of the spine: two-class whatever the maps, none
     unsure = maps.copy()  # the same winners, with a fifth of the evidence spread over the tower's five classes
     spread = np.isin(np.arange(24), [2, 3, 4, 5, 6])[:, None, None, None] / 5
     unsure[1:] = 0.8 * maps[1:] + 0.2 * maps[1:].sum(axis=0) * spread
     assert (np.asarray(regions(unsure, _map_sampler(unsure[1:], coords, labels.shape)))[gated == 1] == 1).all()
+
+
+def test_a_small_level_between_two_keeps_its_arch_from_perfect_quarter_grid_maps(test_data, monkeypatch):
+    """Seed 2028's sub-verse500 (C2-L2) as the one-hot oracle's sliding window gives it at 3 mm: C4 is 16 mm tall on
+    12 mm cells, fails the seed-region gate, and the interpolated maps name its arch at a share of 0.5-0.7."""
+    window = np.load(test_data / "oracle-window" / "seed2028-sub-verse500.npz")
+    labels = window["labels"]
+
+    def worst_iou() -> float:
+        labelmap, records = labelmap_from_predictions(window["fg_prob"].astype(np.float32), window["class_maps"],
+                                                      (3.0,) * 3)
+        assert [r.label for r in records] == list(range(2, 22))
+        return min(np.sum((labelmap == v) & (labels == v)) / np.sum((labelmap == v) | (labels == v))
+                   for v in range(2, 22))
+
+    assert worst_iou() > 0.75
+    monkeypatch.setattr(levels_module, "BOUNDARY_REGION_SHARE", 0.7)
+    assert worst_iou() < 0.6  # C5's seeds reach C4's arch first through the mask
 
 
 def test_a_seed_region_stops_where_the_interpolated_maps_change_level_inside_a_cell():

@@ -46,7 +46,7 @@ _LEAVE_SPINE = 1e-3  # per slice: the spine ends (scan border, sacrum) before it
 _ENTER_SPINE = 1e-3  # per slice: the spine starts below the top slice
 AXIS_DEGREE = 3  # the centre line is a cubic in z: it follows a lordosis and a kyphosis, not ribs and processes
 BOUNDARY_TWO_CLASS_SHARE = 0.95  # a level's cells hold two classes only: the coarse grid straddles a boundary
-BOUNDARY_REGION_SHARE = 0.7  # ... and its boundary region is where the interpolated maps give it this share
+BOUNDARY_REGION_SHARE = 0.5  # ... and its boundary region is where the interpolated maps give it this share
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,10 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
     nothing else) gets a boundary region: if the cells it touches hold two classes for at least
     `BOUNDARY_TWO_CLASS_SHARE` of their evidence, the voxels where the interpolated maps give it
     `BOUNDARY_REGION_SHARE`. A trained network's unsure cells spread their evidence over more classes and get
-    none. A level whose run holds fewer than `min_voxels` mask voxels gives no seed (its voxels join a neighbour and
+    none. Nor do the first and last level seen: with a neighbour on one side only, their cells are two-class
+    mixtures whatever the maps, and maps that only know distances to bodies (Gaussian heatmaps) would hand them the
+    posterior elements of the vertebra next to them (a boundary share of 0.7 kept that small but left a small
+    vertebra's arch to its neighbour: seed 2028's C4, IoU 0.53). A level whose run holds fewer than `min_voxels` mask voxels gives no seed (its voxels join a neighbour and
     the decoder still names the rest). `background`: whether the background channel may call slices "not a
     vertebra" (`inference.none_state`)."""
     chain = LabelChain.build(protocol, allow_l6, allow_t13)
@@ -207,7 +210,8 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
     evidence = np.clip(vertebra.sum(axis=0), 1e-12, None)
     share = vertebra.max(axis=0) / evidence
     seeds, groups = [], []
-    for i in np.unique(state[(state >= 0) & (state < len(chain.states))]):
+    seen = np.unique(state[(state >= 0) & (state < len(chain.states))])
+    for i in seen:
         members = np.flatnonzero(state == i)
         if members.size < min_voxels:
             continue
@@ -220,7 +224,8 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
         if regions:
             won = members[winner[map_index[members]] == klass]
             if not (won.size and np.median(share[map_index[won]]) >= region_confidence):
-                won = _boundary_region(members, klass, map_index, vertebra, evidence, sample_maps)
+                inner = seen[0] < i < seen[-1]
+                won = _boundary_region(members, klass, map_index, vertebra, evidence, sample_maps) if inner else won[:0]
             elif sample_maps is not None:
                 won = won[np.argmax(sample_maps(won), axis=0) == klass - 1]
             run = step[members]
