@@ -196,9 +196,9 @@ def level_seeds(coords: np.ndarray, map_index: np.ndarray, maps_flat: np.ndarray
     none. Nor do the first and last level seen: with a neighbour on one side only, their cells are two-class
     mixtures whatever the maps, and maps that only know distances to bodies (Gaussian heatmaps) would hand them the
     posterior elements of the vertebra next to them (a boundary share of 0.7 kept that small but left a small
-    vertebra's arch to its neighbour: seed 2028's C4, IoU 0.53). A level whose run holds fewer than `min_voxels` mask voxels gives no seed (its voxels join a neighbour and
-    the decoder still names the rest). `background`: whether the background channel may call slices "not a
-    vertebra" (`inference.none_state`)."""
+    vertebra's arch to its neighbour: seed 2028's C4, IoU 0.53). A level whose run holds fewer than `min_voxels`
+    mask voxels gives no seed (its voxels join a neighbour and the decoder still names the rest). `background`:
+    whether the background channel may call slices "not a vertebra" (`inference.none_state`)."""
     chain = LabelChain.build(protocol, allow_l6, allow_t13)
     step = positions(coords, axis)
     path = level_path(slice_evidence(step, map_index, maps_flat, int(step.max(initial=-1)) + 1), chain,
