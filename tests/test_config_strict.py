@@ -117,3 +117,29 @@ def test_sweep_files_are_strict_too(tmp_path):
     sweep["resources"] = {"use_gpu": False}
     path.write_text(yaml.safe_dump(sweep))
     assert load_sweep(path).data.store == Path("stores/a.zarr")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.optim.lr=.inf", "train.optim.lr: Input should be a finite number (got inf) [from --set]"),
+    ("data.hu_window=[.nan, 1]", "data.hu_window.0: Input should be a finite number"),
+    ("train.seed=-1", "train.seed: Input should be greater than or equal to 0 (got -1) [from --set]"),
+    ("train.optim.lr=[unclosed", "--set 'train.optim.lr=[unclosed': the value is not valid YAML"),
+    ("train.optim.lr=!!python/object/apply:os.system [true]", "the value is not valid YAML (could not determine a constructor"),
+])
+def test_non_finite_negative_seed_and_unparsable_overrides_are_refused_naming_the_set(tmp_path, override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, {"train": {"schedule": {"epochs": 2}}}), [override])
+    assert message in str(caught.value)
+
+
+def test_config_files_that_are_no_yaml_mapping_are_refused_clearly(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  optim:\n    lr: 0.01\n    lr: 0.5\n")  # the last one used to win silently
+    with pytest.raises(ConfigError, match="key 'lr' appears twice"):
+        load_config(twice)
+    with pytest.raises(ConfigError, match="is a folder; give a YAML file"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("train:\n  method: fsl # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(latin)

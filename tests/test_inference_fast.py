@@ -15,7 +15,8 @@ from rich.progress import Progress
 from vertseg.config import build_config
 from vertseg.inference.cases import collect_jobs, load_job
 from vertseg.inference.config import FAST_OVERRIDES
-from vertseg.inference.localisation import SpineBox, block_mean, grown_box, mask_bounds
+from vertseg.inference.column import block_mean
+from vertseg.inference.localisation import SpineBox, grown_box, mask_bounds
 from vertseg.inference.model_loading import resolve_device
 from vertseg.inference.predictor import Predictor, upsample_prediction
 from vertseg.inference.sliding_window import WindowPrediction

@@ -20,7 +20,7 @@ from vertseg.config import build_config
 from vertseg.data.readers.geometry import axcodes
 from vertseg.evaluation.overlap import dice_from_counts
 from vertseg.inference.cases import collect_jobs
-from vertseg.inference.localisation import bone_box
+from vertseg.inference.column import find_column
 from vertseg.inference.model_loading import CheckpointError, load_model, random_model
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.runner import predict_all, write_summary
@@ -32,9 +32,11 @@ TINY = {
 }
 
 
-def _phantom_nifti(path: Path) -> Path:
-    """A small oblique-free but flipped, anisotropic CT phantom (L-A-S axes, 1.5 x 0.8 x 0.9 mm)."""
-    hu = spine_phantom((40, 64, 64))[:, 8:56, 10:54]  # (z=I, y=P, x=R)
+def _phantom_nifti(path: Path, width: int = 64) -> Path:
+    """A small oblique-free but flipped, anisotropic CT phantom (L-A-S axes, 1.5 x 0.8 x 0.9 mm). At the default
+    width its spine is a toy (4 mm bodies: bone localisation finds no spine in it); width 160 gives 10 mm bodies."""
+    margin_y, margin_x = width // 8, 10 * width // 64
+    hu = spine_phantom((40, width, width))[:, margin_y:width - margin_y, margin_x:width - margin_x]  # (z=I, y=P, x=R)
     data = np.ascontiguousarray(hu[::-1, ::-1, ::-1].transpose(2, 1, 0))  # (x: L, y: A, z: S)
     affine = np.array([[-0.9, 0, 0, 20.0], [0, 0.8, 0, -15.0], [0, 0, 1.5, 100.0], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(data, affine), str(path))
@@ -101,13 +103,14 @@ def test_predict_phantom_dicom_and_a_broken_case(tmp_path, tiny_predictor, test_
 
 
 def test_bone_localisation_finds_the_column_without_labels():
-    hu = spine_phantom((60, 128, 128)).astype(np.float32)
-    start, stop = bone_box(hu, 1.0, 200.0)
-    column = np.argwhere((hu == 350) | (hu == 700))  # vertebral bodies and arches of the phantom
-    assert np.all(column.min(axis=0) >= start) and np.all(column.max(axis=0) < stop)
-    assert stop[2] - start[2] < 40  # ribs and the body outline (88% of the width) are left out
+    hu = spine_phantom((60, 256, 256)).astype(np.float32)  # 1 mm: a 20 mm vertebral body
+    column = find_column(hu, 1.0, 2, 200.0)
+    start, stop = column.bounds()
+    vertebrae = np.argwhere((hu == 350) | (hu == 700))  # vertebral bodies and arches of the phantom
+    assert np.all(vertebrae.min(axis=0) >= start) and np.all(vertebrae.max(axis=0) < stop)
+    assert stop[2] - start[2] < 80  # ribs and the body outline (88% of the width) are left out
     assert start[0] == 0 and stop[0] == 60
-    assert bone_box(np.full((20, 30, 30), -1000.0, np.float32), 1.0, 200.0) is None
+    assert find_column(np.full((20, 30, 30), -1000.0, np.float32), 1.0, 2, 200.0) is None
 
 
 def _tiny_yaml(tmp_path: Path, **inference) -> Path:
@@ -134,8 +137,9 @@ def test_cli_random_weights_reports_failure_and_exit_code(tmp_path):
     record = summary["records"][0]
     assert record["spine_box"]["method"] in ("network", "bone", "none (no spine found)")
 
-    usage = runner.invoke(app, ["predict", str(phantom), "--out", str(tmp_path / "o2")])
-    assert usage.exit_code == 2 and "--checkpoint" in usage.output
+    usage = runner.invoke(app, ["predict", str(phantom), "--out", str(tmp_path / "o2"), "--random-weights",
+                                "--checkpoint", str(phantom)])
+    assert usage.exit_code == 2 and "give one of --checkpoint" in usage.output
 
 
 def test_checkpoint_uses_teacher_weights_and_refuses_network_changes(tmp_path):
@@ -275,3 +279,39 @@ def test_zarr_store_cases_predict_onto_their_original_grid(tmp_path):
     np.testing.assert_allclose(seg.affine, original.affine, atol=1e-4)
     overlap = (np.asarray(seg.dataobj) == truth)[truth > 0].mean()
     assert overlap > 0.85
+
+
+def test_predict_refuses_broken_scans_and_labels_nothing_where_there_is_no_spine(tmp_path):
+    """A truncated .nii.gz is refused as preprocess refuses it (SimpleITK would read zeros and name vertebrae in
+    them); a scan of air is read but has no spine, so nothing is labelled and the record says why."""
+    phantom = _phantom_nifti(tmp_path / "phantom.nii.gz", width=160)
+    data = phantom.read_bytes()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "cut.nii.gz").write_bytes(data[: len(data) - 200])
+    air = tmp_path / "air.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((40, 40, 30), -1024, np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), str(air))
+    config = _tiny_yaml(tmp_path)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "broken" / "cut.nii.gz"), str(air), "--random-weights",
+                                      "--config", str(config), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    failed = summary["failed"][0]
+    assert failed["case_id"] == "cut" and "truncated or corrupt gzip" in failed["error"]
+    record = next(r for r in summary["records"] if r["case_id"] == "air")
+    assert record["spine_box"]["method"] == "none (no spine found)" and record["vertebrae"] == []
+    assert not np.asarray(nib.load(str(tmp_path / "out" / "air" / "air_seg.nii.gz")).dataobj).any()
+
+
+def test_device_names_and_empty_checkpoints_get_one_line_errors(tmp_path):
+    from vertseg.inference.model_loading import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="choose auto, cpu, cuda, mps"):
+        resolve_device("cdua")
+    if not torch.cuda.is_available():  # TotalSegmentator's spelling means CUDA
+        with pytest.raises(ValueError, match="--device cuda was requested"):
+            resolve_device("gpu")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="the file is empty"):
+        load_model(empty)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -329,3 +331,20 @@ def test_level_seeds_shape_their_core_or_stand_in_for_a_missing_one():
     seeds, groups = cores_with_levels(core, level, component)
     assert seeds.tolist() == [[10, 1, 1], [20, 1, 1], [24, 1, 1], [9, 2, 2], [11, 2, 3], [30, 1, 1], [31, 1, 2]]
     assert groups.tolist() == [0, 1, 2, 0, 0, 3, 3]
+
+
+def test_an_unsure_network_does_not_lose_the_spine_to_not_a_vertebra():
+    """On unfamiliar (real) scans the identification branch calls bone background while the segmentation branch sees
+    it: "not a vertebra" may take a sacrum or a fragment (a quarter of the bone at most), not the spine."""
+    labels, fg, maps = _bodies(5)
+    maps[0] = 0.9  # background wins every cell, vertebra classes are flat
+    maps[1:] = 0.1 / 24
+    kept, records = labelmap_from_predictions(fg, maps, (3.0, 3.0, 3.0), CORES)
+    assert (kept > 0).sum() == (fg > 0).sum() and len(records) == 5
+    unguarded, _ = labelmap_from_predictions(fg, maps, (3.0, 3.0, 3.0), replace(CORES, max_none_share=1.0))
+    assert (unguarded > 0).sum() < 0.5 * (fg > 0).sum()  # without the guard most of the spine is dropped
+    sacrum = maps.copy()  # only the lowest body is clearly background: it alone may be dropped
+    sacrum[0], sacrum[1:] = 0.02, 0.98 / 24
+    sacrum[0, -2:], sacrum[1:, -2:] = 0.95, 0.05 / 24
+    labelmap, records = labelmap_from_predictions(fg, sacrum, (3.0, 3.0, 3.0), CORES)
+    assert [r.label for r in records][-1] == 0 and (labelmap[labels == 24] == 0).all()

@@ -92,10 +92,14 @@ def test_api_partial_vertebra_touches_the_border(oracle, tmp_path):
     assert truth.any()
 
 
-def test_api_loads_checkpoints_and_says_when_none_is_available(tmp_path, monkeypatch):
+def test_api_loads_checkpoints_and_falls_back_to_the_bundled_model(tmp_path, monkeypatch):
     monkeypatch.setenv("VERTSEG_HOME", str(tmp_path / "home"))
     phantom = _phantom_nifti(tmp_path / "phantom.nii.gz")
-    with pytest.raises(ValueError, match="needs a checkpoint"):
+    bundled = vertseg.predict(phantom, device="cpu")  # an empty registry: the model shipped in the package
+    assert bundled.labelmap.shape == nib.load(str(phantom)).shape
+    (tmp_path / "home" / "weights").mkdir(parents=True)
+    (tmp_path / "home" / "weights" / "registry.json").write_text("{not json")
+    with pytest.raises(ValueError, match="registry.json is damaged"):
         vertseg.predict(phantom)
     config = build_config(TINY)
     path = tmp_path / "ckpt.pt"
@@ -208,7 +212,7 @@ def test_zipped_dicom_series_and_unsafe_archives(tmp_path, test_data):
 
 
 def test_cli_front_door_shape(tmp_path):
-    phantom = _phantom_nifti(tmp_path / "phantom.nii.gz")
+    phantom = _phantom_nifti(tmp_path / "phantom.nii.gz", width=160)  # a spine the bone localisation finds
     sitk.WriteImage(sitk.ReadImage(str(phantom)), str(tmp_path / "second.mha"))
     config = _tiny_yaml(tmp_path, overlap=0.5)  # nnU-Net's overlap, so --fast (0.25) has fewer windows
     runner = CliRunner()

@@ -58,13 +58,13 @@ def test_truncated_gzip(tmp_path, good):
     image, mask = good
     data = image.read_bytes()
     image.write_bytes(data[: len(data) // 2])
-    _expect(_case(tmp_path, image, mask), image, "cannot read")
+    _expect(_case(tmp_path, image, mask), image, "not a readable NIfTI file")
 
 
 def test_corrupt_bytes_and_missing_file(tmp_path, good):
     image, mask = good
     image.write_bytes(gzip.compress(b"not a nifti header at all" * 20))
-    _expect(_case(tmp_path, image, mask), image, "cannot read")
+    _expect(_case(tmp_path, image, mask), image, "not a readable NIfTI file")
     _expect(_case(tmp_path, tmp_path / "missing.nii.gz", mask), tmp_path / "missing.nii.gz", "does not exist")
 
 
@@ -162,3 +162,17 @@ def test_non_integral_centroid_labels_are_refused_not_rounded(tmp_path):
 def test_case_error_survives_pickling():
     error = pickle.loads(pickle.dumps(CaseError("/data/x.nii.gz", "empty mask")))
     assert (str(error.file), error.problem) == ("/data/x.nii.gz", "empty mask")
+
+
+@pytest.mark.parametrize("shape, zooms, values, fragment", [
+    ((12, 12, 1), (2.0, 2.0, 2.0), 40, "covers only 2.0 mm along axis 2"),  # a single slice
+    ((12, 12, 16), (2.0, 0.0, 2.0), 40, "spacing 0 mm along axis 1"),  # ITK would read 1 mm
+    ((12, 12, 16), (2.0, 2.0, 1e-3), 40, "spacing 0.001 mm"),
+    ((12, 12, 16), (2.0, 2.0, 2.0), 4_000_000, "not Hounsfield units"),  # HU x 1e5
+])
+def test_what_no_spine_ct_is_refused_before_any_vertebra_is_named(tmp_path, shape, zooms, values, fragment):
+    data = np.full(shape, values, dtype=np.int32)
+    image = nib.Nifti1Image(data, None)  # geometry from pixdim alone, as a careless converter writes it
+    image.header.set_zooms(zooms)
+    nib.save(image, tmp_path / "scan.nii.gz")
+    _expect(_case(tmp_path, tmp_path / "scan.nii.gz"), tmp_path / "scan.nii.gz", fragment)

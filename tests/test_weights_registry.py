@@ -1,5 +1,5 @@
-"""`vertseg weights`: import (file path / file:// URL through pooch's checksum check) -> list -> predict without
---checkpoint resolves the default -> export; wrong checksums, non-checkpoints and tampered files are refused."""
+"""`vertseg weights`: predict without --checkpoint and nothing registered uses the bundled model; import (file path
+/ file:// URL through pooch's checksum check) -> list -> predict without --checkpoint resolves the default -> export; wrong checksums, non-checkpoints and tampered files are refused."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from vertseg.bench.infer import spine_phantom
 from vertseg.cli.main import app
 from vertseg.config import build_config
+from vertseg.inference.model_loading import load_model
 from vertseg.training.checkpoint import save_checkpoint
 from vertseg.training.trainer import Trainer
 from vertseg.weights import FetchError, Registry, RegistryError
+from vertseg.weights.bundled import bundled_model
 
 TINY = {
     "model": {"base_width": 2, "bottleneck": "none", "cbam_placement": "none"},
@@ -49,9 +52,11 @@ def test_round_trip_import_list_predict_export(tmp_path, home, checkpoint):
     image = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(spine_phantom((24, 32, 32)).transpose(2, 1, 0).copy(), np.diag([1.0, 1.0, 1.0, 1.0])), image)
 
-    missing = runner.invoke(app, ["predict", str(image), "--out", str(tmp_path / "none")])
-    assert missing.exit_code == 2
-    assert "no model is installed" in missing.output and "vertseg weights import" in missing.output
+    bundled = runner.invoke(app, ["predict", str(image), "--out", str(tmp_path / "bundled"), "--device", "cpu"])
+    assert bundled.exit_code == 0, bundled.output  # nothing registered: the model that ships with vertseg
+    assert "using the default model phantom-fsl (bundled)" in bundled.output
+    weights = json.loads((tmp_path / "bundled" / "summary.json").read_text())["weights"]
+    assert weights.startswith(str(bundled_model().checkpoint))
 
     imported = runner.invoke(app, ["weights", "import", checkpoint.as_uri(), "--name", "tiny", "--sha256", _sha(checkpoint)])
     assert imported.exit_code == 0, imported.output
@@ -68,7 +73,7 @@ def test_round_trip_import_list_predict_export(tmp_path, home, checkpoint):
     assert runner.invoke(app, ["weights", "default", "tiny@2"]).exit_code == 0
     predicted = runner.invoke(app, ["predict", str(image), "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert predicted.exit_code == 0, predicted.output
-    assert "default registered model tiny@2" in predicted.output
+    assert "using the default model tiny@2" in predicted.output
     weights = json.loads((tmp_path / "out" / "summary.json").read_text())["weights"]
     assert weights.startswith(str(home / "weights" / "tiny" / "2" / "checkpoint.pt"))
     assert (tmp_path / "out" / "scan" / "scan_seg.nii.gz").exists()
@@ -77,6 +82,15 @@ def test_round_trip_import_list_predict_export(tmp_path, home, checkpoint):
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "shared" / "model.pt").read_bytes() == checkpoint.read_bytes()
     assert (tmp_path / "shared" / "model.pt.sha256").read_text() == f"{_sha(checkpoint)}  model.pt\n"
+
+    slim = tmp_path / "shared" / "slim.pt"
+    assert runner.invoke(app, ["weights", "export", "tiny@1", "-o", str(slim), "--slim"]).exit_code == 0
+    assert slim.stat().st_size < 0.6 * checkpoint.stat().st_size  # no optimiser, students or random states
+    assert (tmp_path / "shared" / "slim.pt.sha256").read_text() == f"{_sha(slim)}  slim.pt\n"
+    full_model, _, _ = load_model(checkpoint)
+    slim_model, _, key = load_model(slim)
+    assert key == "model" and all(torch.equal(a, b) for a, b in zip(full_model.state_dict().values(),
+                                                                     slim_model.state_dict().values()))
 
 
 def test_wrong_checksum_and_non_checkpoints_are_refused(tmp_path, home, checkpoint):

@@ -66,10 +66,10 @@ def _checkpoint_or_default(checkpoint: str | Path | None) -> Path:
     from vertseg.weights import Registry, RegistryError
 
     try:
-        path, _ = Registry().verified_checkpoint()
+        path, _ = Registry().default_checkpoint()
     except RegistryError as error:
-        raise ValueError(f"vertseg.predict needs a checkpoint: pass checkpoint=PATH, or register a default model "
-                         f"with `vertseg weights import` ({error})") from None
+        raise ValueError(f"the default model of the `vertseg weights` registry cannot be used ({error}); pass "
+                         f"checkpoint=PATH") from None
     return path
 
 
@@ -77,7 +77,7 @@ def load(checkpoint: str | Path | None = None, *, fast: bool = False, device: st
          overrides: list[str] | None = None):
     """A loaded network (`inference.predictor.Predictor`) to pass as `predict(..., checkpoint=...)` for many scans.
 
-    `checkpoint`: a `vertseg train` checkpoint; None uses the default model of the `vertseg weights` registry.
+    `checkpoint`: a `vertseg train` checkpoint; None uses the registry's default model, else the bundled one.
     `fast`: the `--fast` settings. `device`: auto | cpu | cuda | mps. `overrides`: `section.key=value` inference
     settings, as `--set` on the command line."""
     from vertseg.inference.config import FAST_OVERRIDES

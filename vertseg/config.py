@@ -48,7 +48,18 @@ class VertsegConfig(ConfigModel):
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.2 numbers: PyYAML follows YAML 1.1 and reads `1e-3` as the string "1e-3", which strict types refuse."""
+    """YAML 1.2 numbers: PyYAML follows YAML 1.1 and reads `1e-3` as the string "1e-3", which strict types refuse.
+    A key written twice in one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -58,8 +69,12 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)
+def _parse_value(item: str, text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as error:
+        reason = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({reason})") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -74,18 +89,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {key!r} is not a section")
-        node[keys[-1]] = _parse_value(value)
+        node[keys[-1]] = _parse_value(item, value)
     return raw
 
 
-def format_validation_error(error: ValidationError, source: str, what: str = "configuration") -> str:
-    """One line per bad key: where it is, what is wrong, what was given."""
+def format_validation_error(error: ValidationError, source: str, what: str = "configuration",
+                            overridden: frozenset[str] = frozenset()) -> str:
+    """One line per bad key: where it is, what is wrong, what was given, and whether a --set gave it."""
     lines = [f"invalid {what} in {source}:"]
     for err in error.errors():
         location = ".".join(str(part) for part in err["loc"]) or "<root>"
         given = err.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"  # a whole section is too long to echo
-        lines.append(f"  {location}: {err['msg']}{shown}")
+        origin = " [from --set]" if location in overridden or location.rsplit(".", 1)[0] in overridden else ""
+        lines.append(f"  {location}: {err['msg']}{shown}{origin}")
     return "\n".join(lines)
 
 
@@ -94,7 +111,8 @@ def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None 
     try:
         return VertsegConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+        overridden = frozenset(item.split("=", 1)[0].strip() for item in overrides or [])
+        raise ConfigError(format_validation_error(error, source, overridden=overridden)) from None
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> VertsegConfig:
@@ -107,9 +125,15 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
 def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
     """A YAML file holding a mapping; a missing file, bad YAML or another top-level type is a ConfigError."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder; give a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {error.start}): is it a YAML file?") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} cannot be read (permission denied)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):

@@ -20,9 +20,10 @@ def _is_tuple(annotation: Any) -> bool:
 class ConfigModel(BaseModel):
     """Unknown keys are refused, and so is every value pydantic would otherwise coerce: `epochs: true` (read as 1),
     `amp: "yes"` (read as True), `epochs: 2.5` or `epochs: "10"`. An int is a valid float, and a YAML list stands for
-    a declared tuple (YAML has no tuples); the list's items are checked as strictly as any other value."""
+    a declared tuple (YAML has no tuples); the list's items are checked as strictly as any other value. Infinite and
+    NaN numbers are refused too (`lr: .inf` trained to NaN weights and exited 0)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

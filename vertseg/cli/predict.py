@@ -76,12 +76,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output folder: <out>/<case_id>/... and summary.json."),
         checkpoint: Path = typer.Option(
             None, "--checkpoint",
-            help="Training checkpoint (teacher/EMA weights are used); default: the default model of `vertseg weights`.",
+            help="Training checkpoint (teacher/EMA weights are used); default: the registered default model, else the bundled one.",
         ),
         onnx: Path = typer.Option(None, "--onnx", help="An ONNX model from `vertseg export --onnx`, run by ONNX Runtime on CPU."),
         config: Path = ConfigOption,
         overrides: list[str] = SetOption,
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps (auto picks CUDA when present)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (or gpu) | mps (auto picks CUDA when present)."),
         statistics: bool = typer.Option(
             False, "--statistics",
             help="Also <case>_statistics.json/.csv: volume, body HU mean/median, RAS centroid, confidence, border flag.",
@@ -144,10 +144,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             from vertseg.weights import Registry, RegistryError
 
             try:
-                checkpoint, entry = Registry().verified_checkpoint()
+                checkpoint, ref = Registry().default_checkpoint()
             except RegistryError as error:
                 raise fail(str(error)) from None
-            console.print(f"no --checkpoint: using the default registered model {entry.ref}", highlight=False)
+            console.print(f"no --checkpoint: using the default model {ref}", highlight=False)
         from vertseg.inference.config import FAST_OVERRIDES
 
         overrides = list(overrides or []) + (["inference.mirror_tta=true"] if tta else [])

@@ -31,7 +31,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "verse20", help="On-disk layout: verse20 | verse19 | verse-legacy | ctspine1k | nifti (nnU-Net style)."
         ),
         seed: int = typer.Option(0, help="Case i depends only on (seed, i): reruns give identical files."),
-        size: str = typer.Option("small", help="small (~64x64x96 voxels, ~2 mm) | medium (~1 mm, <=192) | large."),
+        size: str = typer.Option("small", help="small (~64x64x96 voxels, ~2 mm) | medium (~1 mm, <=192) | large | ct "
+                                 "(clinical CT: the whole body around the spine, per-case tissues; docs/synthetic-ct.md)."),
         labeled_fraction: float = typer.Option(
             1.0, "--labeled-fraction", min=0.0, max=1.0, help="Share of training scans written with mask + centroids."
         ),
@@ -45,8 +46,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         first_id: int = typer.Option(None, help="Number of the first patient id (default 500 for verse20, else 1)."),
         overwrite: bool = typer.Option(False, help="Replace an earlier `vertseg synth` output in OUT."),
     ) -> None:
-        """Write synthetic spine CT phantoms (curved spine, C1-L5 + sacrum, ribs, soft tissue, noise) with masks and
-        vertebral-body centroid JSON in a real dataset layout. A `synth.json` at the root records the ground truth."""
+        """Write synthetic spine CT phantoms (curved spine, C1-L5 + sacrum, ribs, soft tissue, noise; with --size ct
+        the whole body of a clinical CT) with masks and vertebral-body centroid JSON in a real dataset layout. A
+        `synth.json` at the root records the ground truth."""
         import time
 
         from rich.table import Table

@@ -27,11 +27,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             entries, default = registry.entries(), registry.default_ref()
         except RegistryError as error:
             raise fail(str(error)) from None
+        from vertseg.weights.bundled import BUNDLED_DEFAULT
+
+        bundled = f"bundled model {BUNDLED_DEFAULT} (vertseg/resources/weights/{BUNDLED_DEFAULT}.json: its model card)"
         if not entries:
-            console.print(f"no models in {registry.root}; add one with `vertseg weights import CHECKPOINT_OR_URL`",
-                          highlight=False)
+            console.print(f"no models in {registry.root}; `vertseg predict` uses the {bundled}; add one with "
+                          "`vertseg weights import CHECKPOINT_OR_URL`", highlight=False)
             return
-        typer.echo(f"models in {registry.root} (* = default):")
+        typer.echo(f"models in {registry.root} (* = default; without one, the {bundled}):")
         for entry in entries:
             m = entry.model
             network = (f"width {m['base_width']}, {m['num_classes']} classes, {m['bottleneck']}, patch "
@@ -62,15 +65,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def export_weights(
         ref: str = typer.Argument(None, help="NAME@VERSION or NAME (newest); default: the default model."),
         out: Path = typer.Option(..., "--out", "-o", help="Checkpoint file to write; OUT.sha256 is written beside it."),
+        slim: bool = typer.Option(False, "--slim", help="Only what inference needs (deployed weights, config, "
+                                  "scores): no optimiser or training state, a third of the size."),
     ) -> None:
         """Copy a registered checkpoint out (to share it) with its sha256, checked against the registry first."""
-        from vertseg.weights import Registry, RegistryError
+        from vertseg.weights import Registry, RegistryError, sha256_of
 
         try:
-            path, entry = Registry().export(ref, out)
+            path, entry = Registry().export(ref, out, slim=slim)
         except RegistryError as error:
             raise fail(str(error)) from None
-        console.print(f"{entry.ref} -> {path} (sha256 {entry.sha256})", highlight=False)
+        console.print(f"{entry.ref} -> {path}{' (slim)' if slim else ''} (sha256 {sha256_of(path)})", highlight=False)
 
     @weights_app.command("default")
     def default_weights(ref: str = typer.Argument(..., help="NAME@VERSION or NAME (newest).")) -> None:

@@ -19,7 +19,6 @@ import SimpleITK as sitk
 from vertseg.data.config import DataConfig
 from vertseg.data.errors import CaseError
 from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry, apply_affine, case_geometry, resample_to_grid, world_to_index
-from vertseg.data.integrity import nifti_problem
 from vertseg.data.store import read_case_attrs, settings_hash, write_case
 from vertseg.data.types import Case, CaseSource
 from vertseg.labels import MAX_VERSE_LABEL, PROTOCOLS, apply_policy
@@ -63,15 +62,6 @@ def source_hash(source: CaseSource, config: DataConfig, pool: str) -> str:
         except OSError as error:
             raise CaseError(path, f"cannot be read: {error.strerror or error}") from None
     return digest.hexdigest()
-
-
-def check_source_files(source: CaseSource, pool: str) -> None:
-    """Catch what the image reader would silently accept (truncated .nii.gz, NaN voxels)."""
-    for path in (source.image, source.mask if pool == "labeled" else None):
-        if path is not None and Path(path).is_file() and Path(path).name.endswith((".nii", ".nii.gz")):
-            problem = nifti_problem(path)
-            if problem is not None:
-                raise CaseError(path, problem)
 
 
 def resolve_pool(source: CaseSource, choice: PoolChoice) -> str:
@@ -211,7 +201,6 @@ def preprocess_case(
         if not overwrite and existing is not None and existing.get("source_hash") == digest:
             result["status"] = "skipped"
         else:
-            check_source_files(source, pool)
             prepared = prepare_case(load_case(source), config, pool)
             prepared.attrs["source_hash"] = digest
             write_case(Path(root), source.case_id, config, prepared.image_hu, prepared.labels, prepared.foreground, prepared.attrs)

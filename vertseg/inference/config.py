@@ -37,6 +37,7 @@ class InferenceConfig(ConfigModel):
     interpolated_regions: bool = _POSTPROCESS.interpolated_regions  # seed_regions: read from the class maps interpolated at each voxel (a region stops at the boundary inside a cell; a small level whose cells straddle two levels still gets one)
     level_axis: Literal["centre-line", "axial"] = _POSTPROCESS.level_axis  # the level sequence walks slices across the spine's centre line, or axial slices
     none_state: bool = _POSTPROCESS.none_state  # background channel may call the sequence's ends "not a vertebra" (sacrum, fragments); see docs/postprocessing.md
+    max_none_share: float = Field(_POSTPROCESS.max_none_share, ge=0, le=1)  # none_state: if "not a vertebra" takes more of the bone (a network unsure on unfamiliar scans), decode without it
     fragment_prior: float = Field(_POSTPROCESS.fragment_prior, ge=0, lt=1)  # none_state: cost of "not a vertebra" between two levels (0: only at the ends)
     split_merged: bool = _POSTPROCESS.split_merged  # split components holding several centroids along nearest-centroid regions
     split_metric: Literal["geodesic", "euclidean"] = _POSTPROCESS.split_metric  # nearest centroid through the mask, or straight line
@@ -50,7 +51,8 @@ class InferenceConfig(ConfigModel):
     localisation_spacing_mm: float = Field(2.0, gt=0)  # coarse network pass; vertebrae stay >= ~20 voxels tall
     localisation_margin_mm: float = Field(25.0, ge=0)  # added on every side of the spine box
     box_growth_rounds: int = Field(2, ge=0)  # fine-pass foreground touching an inner face of the box grows it and reruns
-    bone_threshold_hu: float = 200.0  # bone heuristic (fallback): cortical/cancellous bone is above ~200 HU
+    bone_threshold_hu: float = 200.0  # bone localisation: cortical bone is above ~200 HU (osteoporotic interiors are not)
+    column_margin_mm: float = Field(35.0, ge=0)  # bone localisation: foreground further than this from the spine column is dropped
 
     @model_validator(mode="after")
     def _mirror_axes_exist(self) -> "InferenceConfig":

@@ -74,11 +74,21 @@ def random_model(config: VertsegConfig, seed: int = 0) -> nn.Module:
     return build_model(config.model).eval()
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N"; TotalSegmentator's "gpu" means cuda
+
+
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA on a machine without it is an error."""
+    """`auto` picks CUDA when present; asking for CUDA on a machine without it is an error, and so is a name that is
+    no device (the choices are listed)."""
+    name = "cuda" + name[3:] if name.startswith("gpu") else name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; choose {', '.join(DEVICES)} (or cuda:N)") from None
+    if device.type not in DEVICES:
+        raise ValueError(f"--device {name!r} is not supported; choose {', '.join(DEVICES)} (or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was requested but no CUDA device is available")
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -8,17 +8,19 @@ boundaries finer than upsampling coarse labels would.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vertseg.config import VertsegConfig
+from vertseg.inference.column import block_mean, find_column
 from vertseg.inference.localisation import (
+    NO_SPINE,
     SpineBox,
     align_box,
-    block_mean,
-    bone_box,
     downsample_factor,
     expand_box,
     foreground_box,
@@ -69,17 +71,18 @@ class Predictor:
             if found is not None:
                 start, stop = scale_box(*found, fg.shape, np.array(fg.shape) * factor)
                 return align_box(expand_box(start, stop, margin, image.shape, "network"), image.shape)
-        found = bone_box(block_mean(hu, factor), coarse_spacing, cfg.bone_threshold_hu)
-        if found is None:
-            return full_box(image.shape, "none (no spine found)")
-        coarse_shape = tuple(-(-s // factor) for s in image.shape)
-        start, stop = scale_box(*found, coarse_shape, np.array(coarse_shape) * factor)
-        return align_box(expand_box(start, stop, margin, image.shape, "bone"), image.shape)
+        column = find_column(hu, self.spacing, factor, cfg.bone_threshold_hu)
+        if column is None:
+            return full_box(image.shape, NO_SPINE)
+        box = expand_box(*column.bounds(), margin, image.shape, "bone")
+        return align_box(replace(box, column=column), image.shape)
 
     def predict_spine(self, image: np.ndarray, box: SpineBox) -> tuple[SpineBox, WindowPrediction]:
         """`predict_box`, rerun on a grown box while the foreground touches an inner face (`grown_box`): a localiser
         that cut off a vertebra would otherwise cost that vertebra and, through the level sequence, its neighbours."""
         cfg = self.config.inference
+        if box.no_spine:  # nothing to look at: labels nothing, and the case record says why
+            return box, WindowPrediction(np.zeros(image.shape, np.float32), None, 0)
         window = self.predict_box(image, box)
         fragment = min_voxels(cfg.min_fragment_ml, (self.spacing,) * 3)
         for _ in range(cfg.box_growth_rounds):
@@ -103,7 +106,10 @@ class Predictor:
             id_dtype=torch.float16 if cfg.id_accumulator_dtype == "float16" else torch.float32,
             device=self.device, on_progress=self.on_progress,
         )
-        return upsample_prediction(window, roi.shape, factor) if factor > 1 else window
+        window = upsample_prediction(window, roi.shape, factor) if factor > 1 else window
+        if box.column is not None:  # foreground off the spine column is not a vertebra (ribs, pelvis, heart, ...)
+            window.fg_prob *= box.column.mask(box.start, box.stop, cfg.column_margin_mm / self.spacing)
+        return window
 
 
 def upsample_prediction(coarse: WindowPrediction, shape: tuple[int, ...], factor: int) -> WindowPrediction:

@@ -51,6 +51,7 @@ class PostprocessSettings:
     interpolated_regions: bool = True
     level_axis: Literal["centre-line", "axial"] = "centre-line"
     none_state: bool = True
+    max_none_share: float = 0.25  # "not a vertebra" may take at most this share of the bone, else decode without it
     fragment_prior: float = FRAGMENT_PRIOR
     split_merged: bool = True
     split_metric: Literal["geodesic", "euclidean"] = "geodesic"
@@ -360,6 +361,11 @@ def labelmap_from_predictions(fg_prob: np.ndarray, class_maps: np.ndarray | None
         decoded = decode(settings.decoder, probs, protocol, settings.allow_l6, settings.allow_t13, positions, background,
                          settings.fragment_prior, gaps=settings.gap_aware,
                          volumes=ordered.counts if settings.split_aware else None)
+        dropped = float(ordered.counts[decoded.labels == 0].sum()) / max(float(ordered.counts.sum()), 1.0)
+        if background is not None and dropped > settings.max_none_share:  # "not a vertebra" is for a sacrum or a
+            decoded = decode(settings.decoder, probs, protocol, settings.allow_l6, settings.allow_t13, positions,
+                             None, settings.fragment_prior, gaps=settings.gap_aware,  # fragment, not most of the bone
+                             volumes=ordered.counts if settings.split_aware else None)
     lut = np.zeros(n + 1, dtype=np.uint8)
     lut[1:] = decoded.labels
     labelmap = np.zeros(fg_prob.shape, dtype=np.uint8)

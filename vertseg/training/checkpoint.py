@@ -32,7 +32,9 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated / foreign / unsafe files
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {str(error).splitlines()[0]}") from None
+        reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        empty = " (the file is empty)" if path.stat().st_size == 0 else ""
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely{empty}: {reason}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
     return payload
@@ -78,6 +80,15 @@ def model_weights(payload: dict[str, Any], path: Path | str,
         if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
             return {_unprefixed(name): value for name, value in state.items()}, key
     raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(keys)})")
+
+
+def deployable(payload: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """The part of a training checkpoint inference needs: its deployed weights (as `model`), config, method, epoch
+    and validation scores; no optimiser, scheduler, students or random states (a bundled model is a third the size)."""
+    state, _ = model_weights(payload, path)
+    kept = {k: payload[k] for k in ("format", "method", "config_yaml", "config", "epoch", "step", "best_metrics")
+            if k in payload}
+    return {**kept, "inference_weights": "student", "model": state}
 
 
 def _unprefixed(name: str) -> str:

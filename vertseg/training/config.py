@@ -114,7 +114,7 @@ class MethodConfig(ConfigModel):
 
 class TrainConfig(ConfigModel):
     method: Method = "proposed"
-    seed: int = 42  # section 2.6: random seed 42
+    seed: int = Field(42, ge=0, lt=2**32)  # section 2.6: random seed 42
     labeled_fraction: float = Field(1.0, gt=0, le=1)  # Table 2 note: the rest of the labeled pool becomes unlabeled
     validate_every: int = Field(5, ge=1)
     loss: LossConfig = LossConfig()

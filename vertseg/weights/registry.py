@@ -131,6 +131,16 @@ class Registry:
             raise RegistryError(f"no model {ref!r} in {self.root} (registered: {known})")
         return matches[-1]
 
+    def default_checkpoint(self) -> tuple[Path, str]:
+        """(checkpoint, description) of the default model: the registered default, else the bundled model."""
+        if self.default_ref() is None:
+            from vertseg.weights.bundled import bundled_model
+
+            model = bundled_model()
+            return model.checkpoint, model.ref
+        path, entry = self.verified_checkpoint()
+        return path, entry.ref
+
     def verified_checkpoint(self, ref: str | None = None) -> tuple[Path, Entry]:
         """The checkpoint of `ref` (default model when None), re-hashed so a file changed on disk is never used."""
         entry = self.get(ref)
@@ -175,11 +185,18 @@ class Registry:
         self._write(index)
         return entry
 
-    def export(self, ref: str | None, destination: Path) -> tuple[Path, Entry]:
-        """Copy a registered checkpoint to `destination` (atomic) with a `sha256sum`-format file beside it."""
+    def export(self, ref: str | None, destination: Path, slim: bool = False) -> tuple[Path, Entry]:
+        """Copy a registered checkpoint to `destination` (atomic) with a `sha256sum`-format file beside it; `slim`
+        keeps only what inference needs (`training.checkpoint.deployable`)."""
         source, entry = self.verified_checkpoint(ref)
         destination = Path(destination)
-        with atomic_path(destination) as tmp:
-            shutil.copyfile(source, tmp)
-        atomic_write_text(destination.with_name(destination.name + ".sha256"), f"{entry.sha256}  {destination.name}\n")
+        if slim:
+            from vertseg.training.checkpoint import deployable, load_checkpoint, save_checkpoint
+
+            save_checkpoint(destination, deployable(load_checkpoint(source), source))
+        else:
+            with atomic_path(destination) as tmp:
+                shutil.copyfile(source, tmp)
+        atomic_write_text(destination.with_name(destination.name + ".sha256"),
+                          f"{sha256_of(destination)}  {destination.name}\n")
         return destination, entry

@@ -66,7 +66,7 @@ def resolve_format(path: Path, label_format: str, values: np.ndarray) -> LabelFo
             "--label-format totalseg_v1 or totalseg_v2",
         )
     fmt = LABEL_FORMATS[label_format]
-    if high > fmt.largest:
+    if high > fmt.largest and not (fmt.open_ended and high < 256):
         hint = ""
         if label_format == "verse":
             hint = " (a TotalSegmentator mask? pass --label-format totalseg_v1 or totalseg_v2)"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vertseg.data.errors import CaseError
+from vertseg.data.integrity import nifti_problem
 from vertseg.data.readers.centroids import read_centroids_json, reorient_points
 from vertseg.data.readers.dicom import read_dicom_series
 from vertseg.data.readers.geometry import axcodes, same_grid, voxel_to_lps
@@ -30,33 +31,21 @@ def load_case(source: CaseSource) -> Case:
 
 
 def _read_sitk(path: Path):
+    """One image file through SimpleITK, after the checks its NIfTI reader skips (`integrity.nifti_problem`: it reads
+    a truncated .nii.gz as zeros and NaN as 0), so predict, preprocess and evaluate refuse the same files."""
     import SimpleITK as sitk
 
     if not Path(path).exists():
         raise CaseError(path, "file does not exist")
+    if Path(path).name.lower().endswith((".nii", ".nii.gz")):
+        problem = nifti_problem(path)
+        if problem is not None:
+            raise CaseError(path, problem)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise CaseError(path, f"cannot read image ({_first_line(error)})") from None
-    _refuse_nifti_nans(Path(path))
     return image
-
-
-def _refuse_nifti_nans(path: Path) -> None:
-    """ITK's NIfTI reader turns NaN voxels into 0, so float NIfTI files are checked through nibabel."""
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return
-    import nibabel as nib
-
-    try:
-        image = nib.load(path)
-        if not np.issubdtype(image.get_data_dtype(), np.floating):
-            return
-        bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(image.dataobj))))
-    except (OSError, ValueError, EOFError) as error:
-        raise CaseError(path, f"cannot read image ({error})") from None
-    if bad:
-        raise CaseError(path, f"{bad} voxels are NaN or infinite")
 
 
 def _first_line(error: Exception) -> str:
@@ -101,7 +90,48 @@ def read_image(path: Path, series_uid: str | None = None, allow_irregular: bool 
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             raise CaseError(path, f"{bad} voxels are NaN or infinite")
+    check_ct(path, _header_spacing(path) or tuple(image.GetSpacing()), tuple(image.GetSize()), values)
     return image
+
+
+SPACING_RANGE_MM = (0.05, 20.0)  # a CT voxel is never outside this; header spacing outside it is a broken header
+MIN_EXTENT_MM = 10.0  # under half a vertebral body along an axis: a single slice or a sliver, not a spine CT
+HU_RANGE = (-4000.0, 40000.0)  # beyond this the values are not Hounsfield units (scaled, or another modality)
+
+
+def check_ct(path: Path, spacing_mm: tuple[float, ...], size: tuple[int, ...], values: np.ndarray) -> None:
+    """Refuse what no spine CT is: implausible voxel spacing, an axis too short to hold a vertebra, values that are
+    not Hounsfield units. Each would otherwise give a labelmap of invented vertebrae."""
+    for axis, step in enumerate(spacing_mm):
+        if not (np.isfinite(step) and SPACING_RANGE_MM[0] <= step <= SPACING_RANGE_MM[1]):
+            raise CaseError(path, f"voxel spacing {step:g} mm along axis {axis} is not a CT spacing "
+                                  f"({SPACING_RANGE_MM[0]:g}-{SPACING_RANGE_MM[1]:g} mm): a broken header?")
+    extents = [n * step for n, step in zip(size, spacing_mm)]
+    if min(extents) < MIN_EXTENT_MM:
+        raise CaseError(path, f"the image covers only {min(extents):.1f} mm along axis {int(np.argmin(extents))} "
+                              f"(size {tuple(size)}): too little to hold a vertebra (at least {MIN_EXTENT_MM:g} mm)")
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        if low < HU_RANGE[0] or high > HU_RANGE[1]:
+            raise CaseError(path, f"values {low:g}..{high:g} are not Hounsfield units (expected within "
+                                  f"{HU_RANGE[0]:g}..{HU_RANGE[1]:g}): rescale slope/intercept missing or applied twice?")
+
+
+def _header_spacing(path: Path) -> tuple[float, ...] | None:
+    """A NIfTI file's own voxel sizes as stored (ITK and nibabel both replace a zero pixdim by 1 mm), else None."""
+    if not path.is_file() or not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    import gzip
+
+    import nibabel as nib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = nib.Nifti1Header.from_fileobj(handle, check=False)
+    except (OSError, ValueError, nib.spatialimages.HeaderDataError):  # NIfTI-2 and the like: ITK's spacing stands
+        return None
+    return tuple(abs(float(z)) for z in header["pixdim"][1:4])
 
 
 def read_mask(path: Path, label_format: str = "verse", reference=None, reference_path: Path | None = None):

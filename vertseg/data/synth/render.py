@@ -106,7 +106,10 @@ def _bone(hu: np.ndarray, box, inside: np.ndarray, value: float | np.ndarray) ->
     np.maximum(region, np.where(inside, value, region), out=region)
 
 
-def _vertebra(v: Vertebra, spine: Spine, grid: Grid, hu: np.ndarray, labels: np.ndarray) -> None:
+def _vertebra(v: Vertebra, spine: Spine, grid: Grid, hu: np.ndarray, labels: np.ndarray,
+              bone_hu: tuple[float, float] | None = None, cortex_mm: float = CORTEX_MM,
+              core: np.ndarray | None = None) -> None:
+    """Paint one vertebra (cortex over cancellous core) and its label; `core` (if given) marks the cancellous voxels."""
     reach_u = v.canal[0] + v.arch + v.transverse + 10.0
     reach_v = v.b + 2 * v.canal[1] + v.arch + v.spinous[0] + 10.0
     box = grid.box((-reach_u, -reach_v, -v.h - 25.0), (reach_u, v.b + 12.0, v.h + 25.0), v.centre, v.frame)
@@ -121,8 +124,10 @@ def _vertebra(v: Vertebra, spine: Spine, grid: Grid, hu: np.ndarray, labels: np.
             dens = capsule(p, (0, 0.5, v.h / 2 - 2), (0, 0.5, v.h / 2 + 16 * spine.scale), 5.0 * spine.scale)
             sdf = np.minimum(sdf, dens)
     solid = sdf <= 0
-    cortical, cancellous = spine.bone_hu
-    _bone(hu, box, solid, np.where(sdf <= -CORTEX_MM, cancellous, cortical).astype(np.float32))
+    cortical, cancellous = bone_hu or spine.bone_hu
+    _bone(hu, box, solid, np.where(sdf <= -cortex_mm, cancellous, cortical).astype(np.float32))
+    if core is not None:
+        core[box] |= sdf <= -cortex_mm
     if v.label:
         region = labels[box]
         region[solid & (region == 0)] = v.label
@@ -175,7 +180,7 @@ def _atlas(p: np.ndarray, v: Vertebra) -> np.ndarray:
     return sdf
 
 
-def _disc(upper: Vertebra, lower: Vertebra, grid: Grid, hu: np.ndarray) -> None:
+def _disc(upper: Vertebra, lower: Vertebra, grid: Grid, hu: np.ndarray, value: float = DISC) -> None:
     centre = (upper.centre + lower.centre) / 2
     axis = upper.centre - lower.centre
     gap = float(np.linalg.norm(axis))
@@ -189,7 +194,7 @@ def _disc(upper: Vertebra, lower: Vertebra, grid: Grid, hu: np.ndarray) -> None:
     if box is None:
         return
     p = _local(grid, box, centre, frame)
-    _bone(hu, box, superellipse_cylinder(p, a, b, gap / 2) <= 0, DISC)
+    _bone(hu, box, superellipse_cylinder(p, a, b, gap / 2) <= 0, value)
 
 
 def _ribs(v: Vertebra, spine: Spine, grid: Grid, hu: np.ndarray) -> None:

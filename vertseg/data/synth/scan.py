@@ -8,9 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from vertseg.data.synth.acquisition import acquire
 from vertseg.data.synth.anatomy import Spine, Vertebra, sample_spine
+from vertseg.data.synth.body import Body, sample_body
 from vertseg.data.synth.grid import Grid
 from vertseg.data.synth.render import render
+from vertseg.data.synth.render_body import render_body
+from vertseg.data.synth.tissues import sample_tissues
 
 _CODE_VECTORS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
 ORIENTATIONS = (
@@ -28,6 +32,7 @@ class SizePreset:
     in_plane_mm: tuple[float, float]
     slice_mm: tuple[float, float]
     max_voxels: int
+    scene: str = "spine"  # "spine": the spine in a simple trunk; "body": clinical CT anatomy around it
 
 
 FOV_OVERHANG = 0.3  # the field of view's centre may lie this share of its length beyond C1 or the last lumbar level
@@ -35,7 +40,11 @@ SIZES = {
     "small": SizePreset((120.0, 136.0), (170.0, 200.0), (1.9, 2.2), (1.9, 2.6), 96),
     "medium": SizePreset((150.0, 220.0), (220.0, 420.0), (0.8, 1.5), (1.0, 3.0), 192),
     "large": SizePreset((170.0, 350.0), (260.0, 700.0), (0.5, 1.0), (0.5, 3.0), 384),
+    # clinical CT: the whole body around the spine (organs, contrast vessels, ribs to the sternum, pelvis, ...),
+    # per-case tissue values and scanner protocol (`body`, `tissues`, `acquisition`); see docs/synthetic-ct.md
+    "ct": SizePreset((250.0, 500.0), (120.0, 700.0), (0.6, 1.0), (0.6, 5.0), 200, scene="body"),
 }
+CLINICAL_WHOLE_SECTION = 0.7  # share of clinical phantoms whose field of view is the whole body cross-section
 
 
 @dataclass
@@ -71,10 +80,10 @@ def _orientation_matrix(codes: tuple[str, str, str], rng: np.random.Generator, o
     return rot @ axes
 
 
-def sample_grid(spine: Spine, rng: np.random.Generator, preset: SizePreset, codes: tuple[str, str, str]) -> Grid:
-    """A field of view over part of the spine (it may start or stop mid-spine) in the given orientation.
+def _coverage(spine: Spine, rng: np.random.Generator, preset: SizePreset) -> tuple[float, float, np.ndarray]:
+    """Cranio-caudal length and centre of a field of view, and the spine's (x, y) at that centre.
 
-    Its centre is uniform over C1-L5 widened by `FOV_OVERHANG` of its length at both ends, so every level, the
+    The centre is uniform over C1-L5 widened by `FOV_OVERHANG` of its length at both ends, so every level, the
     cervical spine included, is in full view about equally often (neck, chest, abdomen and whole-spine protocols);
     centred on the spine's middle instead, C1 was in view in 15 % of medium scans and T9 in 70 %.
     """
@@ -84,8 +93,35 @@ def sample_grid(spine: Spine, rng: np.random.Generator, preset: SizePreset, code
     z_mid = rng.uniform(min(levels_z) - FOV_OVERHANG * length, max(levels_z) + FOV_OVERHANG * length)
     level = np.interp(z_mid, centres[::-1, 2], np.arange(len(centres))[::-1])
     spine_xy = np.array([np.interp(level, np.arange(len(centres)), centres[:, k]) for k in (0, 1)])
+    return float(length), float(z_mid), spine_xy
+
+
+def sample_grid(spine: Spine, rng: np.random.Generator, preset: SizePreset, codes: tuple[str, str, str]) -> Grid:
+    """A spine-centred field of view over part of the spine (it may start or stop mid-spine) in the given
+    orientation (`_coverage` places it along the spine)."""
+    length, z_mid, spine_xy = _coverage(spine, rng, preset)
     centre = np.array([spine_xy[0] + rng.normal(0, 8), spine_xy[1] - 20 + rng.normal(0, 8), z_mid])
-    fov = rng.uniform(*preset.fov_mm)
+    return _oriented_grid(centre, rng.uniform(*preset.fov_mm), length, codes, preset, rng)
+
+
+def sample_clinical_grid(spine: Spine, body: Body, rng: np.random.Generator, preset: SizePreset,
+                         codes: tuple[str, str, str]) -> Grid:
+    """A clinical field of view: mostly the whole body cross-section (chest, abdomen, neck CT), sometimes a
+    spine-centred reconstruction (as many VerSe scans and spine protocols are)."""
+    length, z_mid, spine_xy = _coverage(spine, rng, preset)
+    if rng.random() < CLINICAL_WHOLE_SECTION:
+        rx, ry, back = (float(a[0]) for a in body.trunk.at(np.array([z_mid])))
+        centre = np.array([spine_xy[0] + rng.normal(0, 10), spine_xy[1] - back + ry + rng.normal(0, 10), z_mid])
+        fov = float(np.clip(2.0 * max(rx, ry) * rng.uniform(1.05, 1.3), *preset.fov_mm))
+    else:
+        centre = np.array([spine_xy[0] + rng.normal(0, 8), spine_xy[1] - 20 + rng.normal(0, 8), z_mid])
+        fov = rng.uniform(100.0, 220.0)
+    return _oriented_grid(centre, fov, length, codes, preset, rng)
+
+
+def _oriented_grid(centre: np.ndarray, fov: float, length: float, codes: tuple[str, str, str], preset: SizePreset,
+                   rng: np.random.Generator) -> Grid:
+    """The voxel grid of a field of view: axis codes (sometimes oblique), in-plane and slice spacing."""
     sagittal = rng.random() < 0.2  # some scans are acquired sagittally: the thick axis is left-right
     thick_world_axis = 0 if sagittal else 2
     direction = _orientation_matrix(codes, rng, oblique_deg=6.0 if rng.random() < 0.3 else 0.0)
@@ -132,13 +168,21 @@ def make_phantom(
     }
     spine = sample_spine(rng, **variants)
     codes = codes or ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
-    grid = sample_grid(spine, rng, SIZES[size], codes)
-    hu, labels = render(spine, grid, rng)
-    spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
-    hu = ndimage.gaussian_filter(hu, sigma=np.clip(0.9 / spacing, 0.35, 0.9), mode="nearest")
-    noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, hu.shape).astype(np.float32), 0.6)
-    hu += noise * (rng.uniform(10.0, 35.0) / max(float(noise.std()), 1e-6))
-    hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    preset = SIZES[size]
+    if preset.scene == "body":
+        body = sample_body(spine, rng)
+        tissues = sample_tissues(rng)
+        grid = sample_clinical_grid(spine, body, rng, preset, codes)
+        hu, labels, core = render_body(spine, body, tissues, grid)
+        hu = acquire(hu, core, grid, tissues, rng)
+    else:
+        grid = sample_grid(spine, rng, preset, codes)
+        hu, labels = render(spine, grid, rng)
+        spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
+        hu = ndimage.gaussian_filter(hu, sigma=np.clip(0.9 / spacing, 0.35, 0.9), mode="nearest")
+        noise = ndimage.gaussian_filter(rng.normal(0.0, 1.0, hu.shape).astype(np.float32), 0.6)
+        hu += noise * (rng.uniform(10.0, 35.0) / max(float(noise.std()), 1e-6))
+        hu = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
     present = set(np.flatnonzero(np.bincount(labels.ravel(), minlength=1)).tolist()) - {0}
     visible, partial = {}, []
