@@ -99,3 +99,31 @@ def test_predict_zipped_series_to_dicom_seg(tmp_path, test_data, series):
     assert seg.number_of_segments == len(table)
     assert [seg.get_segment_description(n).segment_label for n in range(1, len(table) + 1)] == [r["name"] for r in table]
     _check_frames_on_source_slices(seg, headers)
+
+
+def test_zip_archives_unpack_only_into_their_own_fresh_folder(tmp_path, test_data):
+    """`...zip` (stem `..`) unpacked into --out itself and overwrote earlier results; members are checked first."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier result")
+    dots = tmp_path / "...zip"
+    with zipfile.ZipFile(dots, "w") as bundle:
+        bundle.writestr("keep.txt", "overwritten")
+    with pytest.raises(ValueError, match=r"case id '\.\.'"):
+        collect_jobs([dots], unpack_dir=out / ".unpacked")
+    assert (out / "keep.txt").read_text() == "earlier result"
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as bundle:
+        bundle.writestr("a/../../../escape.txt", "x")
+    with pytest.raises(ValueError, match="would be written outside"):
+        collect_jobs([evil], unpack_dir=out / ".unpacked")
+    assert not (tmp_path / "escape.txt").exists() and not (out / ".unpacked" / "evil").exists()
+    stale = out / ".unpacked" / "ct"
+    stale.mkdir(parents=True)
+    (stale / "old-slice.dcm").write_text("from an earlier run")
+    archive = tmp_path / "ct.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted((test_data / "dicom-sample").iterdir())[:3]:
+            bundle.write(path, path.name)
+    collect_jobs([archive], unpack_dir=out / ".unpacked")
+    assert not (stale / "old-slice.dcm").exists() and len(list(stale.iterdir())) == 3  # replaced, not merged

@@ -135,3 +135,24 @@ def test_two_predictions_for_one_case_are_refused(tmp_path, sample):
     _save(tmp_path / "verse001" / "verse001_seg-vert_msk.nii.gz", mask, affine)
     with pytest.raises(ValueError, match="two predictions for case verse001"):
         find_predictions(tmp_path)
+
+
+def test_resampled_predictions_and_mask_centroids_are_said_on_the_console(tmp_path, sample):
+    mask, affine, _ = sample
+    gt = _ground_truth(tmp_path / "gt", sample, ["verse001"])
+    (gt / "verse001_ctd.json").unlink()  # no centroid file: mask centres of mass stand in for body centroids
+    shifted = affine.copy()
+    shifted[:3, 3] += 0.5  # half a millimetre off the ground truth's grid
+    pred = tmp_path / "pred"
+    _save(pred / "verse001" / "verse001_seg.nii.gz", mask, shifted)
+    code, output = _cli("--pred", pred, "--gt", gt, "--out", tmp_path / "a.json", "--no-surface")
+    assert code == 0, output
+    assert "note verse001: prediction grid differs from ground truth" in output
+    assert "1 ground truths have no centroid file" in output and "not VerSe-comparable" in output
+    assert "no centroid file" in json.loads((tmp_path / "a.json").read_text())["headline"]
+
+
+def test_an_evaluation_spacing_finer_than_any_ct_is_refused(tmp_path, sample):
+    gt = _ground_truth(tmp_path / "gt", sample, ["verse001"])
+    code, output = _cli("--pred", tmp_path, "--gt", gt, "--spacing", "0.001")
+    assert code == 2 and "finer than any CT" in output

@@ -315,3 +315,40 @@ def test_device_names_and_empty_checkpoints_get_one_line_errors(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="the file is empty"):
         load_model(empty)
+
+
+def test_checkpoints_with_non_finite_weights_or_unsafe_configs_are_refused(tmp_path):
+    """A diverged run's NaN weights used to predict empty labelmaps and register as the default model."""
+    config = build_config(TINY)
+    state = random_model(config, seed=1).state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].clone().fill_(float("nan"))
+    torch.save({"config": config.model_dump(mode="json"), "model": state}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="non-finite model weights"):
+        load_model(tmp_path / "nan.pt")
+    torch.save({"config_yaml": "data: !!python/object/apply:os.system ['true']\n",
+                "model": random_model(config, seed=1).state_dict()}, tmp_path / "tag.pt")
+    with pytest.raises(CheckpointError, match="embedded config is not plain YAML"):
+        load_model(tmp_path / "tag.pt")
+
+
+def test_two_runs_into_one_folder_keep_both_summaries_and_a_file_is_no_folder(tmp_path):
+    """Two `vertseg predict` processes writing into one --out at the same time: summary.json lists every case (it
+    used to list whichever run finished last)."""
+    import subprocess
+    import sys
+
+    config = _tiny_yaml(tmp_path)
+    scans = [_phantom_nifti(tmp_path / f"scan{i}.nii.gz", width=160) for i in range(2)]
+    runs = [subprocess.Popen([sys.executable, "-m", "vertseg", "predict", str(scan), "--random-weights", "--config",
+                              str(config), "--out", str(tmp_path / "out"), "--device", "cpu"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for scan in scans]
+    for run in runs:
+        output, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, output.decode()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert sorted(r["case_id"] for r in summary["records"]) == ["scan0", "scan1"] and summary["succeeded"] == 2
+    (tmp_path / "afile").write_text("not a folder")
+    refused = CliRunner().invoke(app, ["predict", str(scans[0]), "--random-weights", "--config", str(config),
+                                       "--out", str(tmp_path / "afile")])
+    assert refused.exit_code == 2 and "is a file, not a folder" in refused.output

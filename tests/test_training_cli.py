@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli_text import normalised
@@ -57,6 +58,10 @@ def test_bad_inputs_exit_with_a_clear_message(tmp_path):
     assert result.exit_code == 2 and "train.optim.lr" in normalised(result.output)
     result = CliRunner().invoke(app, ["train", "--store", str(not_store), "--gpus", "1", "--cpu-workers", "1"])
     assert result.exit_code == 2 and "either" in normalised(result.output)
+    if not torch.cuda.is_available():  # Ray used to wait for the GPU forever
+        (not_store / "manifest.json").write_text("{}")
+        result = CliRunner().invoke(app, ["train", "--store", str(not_store), "--gpus", "1"])
+        assert result.exit_code == 2 and "--gpus 1: this machine has 0 GPU(s)" in normalised(result.output)
 
 
 def test_error_messages_are_never_wrapped_off_a_terminal(tmp_path):

@@ -31,6 +31,21 @@ def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def locked(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) for the block: concurrent writers of one file take
+    turns (POSIX advisory lock; released when the process ends, even by a crash)."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def path_under(root: Path | str, *parts: str) -> Path:
     """`root / parts...`, refused (ValueError) when it resolves outside `root`: a `..`, an absolute part or a
     symlink must never carry an output (or a read) out of the folder it belongs to."""

@@ -46,3 +46,18 @@ def config_or_exit(path: Path | None, overrides: list[str] | None) -> VertsegCon
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config; missing keys take the paper defaults.")
 SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set train.schedule.epochs=10.")
+
+
+def writable_folder_problem(folder: Path) -> str | None:
+    """Why outputs cannot go to `folder` (an existing file, no permission), or None; creates it when absent."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vertseg-write-check-"):
+            pass
+    except OSError as error:
+        return f"cannot be written ({error.strerror or error})"
+    return None

@@ -9,6 +9,8 @@ import typer
 
 from vertseg.cli.common import console, fail
 
+MIN_EVAL_SPACING_MM = 0.2
+
 
 class InstanceMode(str, Enum):
     labels = "labels"
@@ -64,6 +66,9 @@ def evaluate(
     from vertseg.evaluation.case import EvalSettings
     from vertseg.evaluation.runner import evaluate_folder, write_report
 
+    if 0 < spacing < MIN_EVAL_SPACING_MM:  # 0.001 mm tried to allocate petabytes
+        raise fail(f"--spacing {spacing:g} mm is finer than any CT; use 0 (the native grid) or at least "
+                   f"{MIN_EVAL_SPACING_MM:g} mm (VerSe: 1)")
     settings = EvalSettings(iou_threshold=iou_threshold, min_fragment_ml=min_fragment_ml, instance_mode=instances.value,
                             id_candidates=candidates.value, surface_distances=surface)
     try:
@@ -78,6 +83,9 @@ def evaluate(
     _print_summary(report.summary, by_region)
     for case_id, problem in report.failed.items():
         console.print(f"[yellow]failed[/] {case_id}: {problem}", highlight=False, soft_wrap=True)
+    for case_id, notes in report.summary["notes"].items():
+        for note in notes:
+            console.print(f"[yellow]note[/] {case_id}: {note}", highlight=False, soft_wrap=True)
     console.print(f"{report.summary['headline']} -> {out_json}, {out_csv}", highlight=False, soft_wrap=True)
     if report.not_scored or not report.cases:
         raise fail(f"{len(report.not_scored)} ground-truth cases could not be read; see the failed list above", 1)

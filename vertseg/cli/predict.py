@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vertseg.cli.common import ConfigOption, SetOption, config_or_exit, console, fail
+from vertseg.cli.common import ConfigOption, SetOption, config_or_exit, console, fail, writable_folder_problem
 
 
 def _build_predictor(checkpoint: Path | None, config_path: Path | None, overrides: list[str], random_weights: bool,
@@ -127,6 +127,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         inputs = list(inputs or []) + list(input_options or [])
         if not inputs:
             raise fail("give the scans to predict: vertseg predict -i SCAN -o OUT (or as arguments)")
+        problem = writable_folder_problem(out)
+        if problem:
+            raise fail(f"--out {out}: {problem}")
         if output_type not in ("nifti", "dicom-seg"):
             raise fail(f"--output-type must be nifti or dicom-seg, not {output_type!r}")
         if label_numbering not in ("verse", "totalseg"):

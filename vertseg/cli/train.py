@@ -66,6 +66,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             import ray
 
             ray.init(address=address, log_to_driver=True)
+        if gpus is not None:  # Ray would wait forever for GPUs that are not there
+            available = torch.cuda.device_count() if address is None else int(ray.cluster_resources().get("GPU", 0))
+            if available < gpus:
+                where = f"the Ray cluster at {address}" if address is not None else "this machine"
+                raise fail(f"--gpus {gpus}: {where} has {available} GPU(s); use fewer, or --cpu-workers N for CPU training")
         console.print(f"run [bold]{run_name}[/] -> {out / run_name} ({workers or 'no'} {'GPU' if use_gpu else 'CPU'} workers)", highlight=False)
         try:
             result = run_training(settings, store, unlabeled, num_workers=workers, use_gpu=use_gpu, run_name=run_name,

@@ -239,13 +239,16 @@ class EvaluationReport:
     not_scored: list[str] = field(default_factory=list)  # ground truth unreadable: in no average
 
 
-def headline(cases: int, scored_as_empty: int, not_scored: int) -> str:
-    """What the averages are over, in words."""
+def headline(cases: int, scored_as_empty: int, not_scored: int, mask_centroids: int = 0) -> str:
+    """What the averages are over, in words, and what makes the id-rate less comparable."""
     text = f"averages over {cases} cases"
     if scored_as_empty:
         text += f", {scored_as_empty} of them failed predictions scored as empty"
     if not_scored:
         text += f"; {not_scored} cases not scored (ground truth unreadable)"
+    if mask_centroids:
+        text += (f"; {mask_centroids} ground truths have no centroid file: their id-rate compares mask centres of "
+                 "mass with predicted body centroids (about 10 mm apart on VerSe), not VerSe-comparable")
     return text
 
 
@@ -274,8 +277,9 @@ def evaluate_folder(pred_dir: Path, gt: list[Path], settings: EvalSettings = Eva
             progress(source.case_id)
     scored_as_empty = [c.case_id for c in cases if c.failure]
     summary = summarise(cases, by_region)
+    mask_centroids = sum(c.centroid_source.get("gt") == "mask" and not c.failure for c in cases)
     summary.update({
-        "headline": headline(len(cases), len(scored_as_empty), len(not_scored)),
+        "headline": headline(len(cases), len(scored_as_empty), len(not_scored), mask_centroids),
         "scored_as_empty": scored_as_empty,
         "not_scored": not_scored,
         "failed": failed,

@@ -7,6 +7,7 @@ store frame, the same frame the network was trained on.
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,15 +60,21 @@ def is_zip(path: Path) -> bool:
 
 
 def unpack_zip(archive: Path, unpack_dir: Path) -> Path:
-    """Extract a `.zip` (e.g. a DICOM series exported from a PACS) to `unpack_dir/<stem>`; refuses members that
-    would land outside it."""
+    """Extract a `.zip` (e.g. a DICOM series exported from a PACS) into a fresh folder `unpack_dir/<stem>`. The stem
+    is checked as a case id first (`...zip` has stem `..`, which named the output folder itself) and every member
+    before anything is written; a folder left by an earlier run is replaced, never merged into."""
+    check_case_id(archive.stem, archive)
     target = Path(unpack_dir) / archive.stem
     try:
         with zipfile.ZipFile(archive) as bundle:
             root = target.resolve()
+            if not root.is_relative_to(Path(unpack_dir).resolve()):
+                raise ValueError(f"{archive}: would unpack outside {unpack_dir}")
             for member in bundle.namelist():
                 if not (root / member).resolve().is_relative_to(root):
                     raise ValueError(f"{archive}: member {member!r} would be written outside {target}")
+            if target.exists():
+                shutil.rmtree(target)
             bundle.extractall(target)
     except zipfile.BadZipFile as error:
         raise ValueError(f"{archive}: not a readable zip archive ({error})") from None

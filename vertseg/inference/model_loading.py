@@ -25,7 +25,11 @@ def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list
     if raw is None and isinstance(payload.get("config_yaml"), str):  # what `vertseg train` (Trainer.state_dict) saves
         import yaml
 
-        raw = yaml.safe_load(payload["config_yaml"])
+        try:
+            raw = yaml.safe_load(payload["config_yaml"])
+        except yaml.YAMLError as error:
+            reason = " ".join(str(getattr(error, "problem", None) or error).split())
+            raise CheckpointError(f"checkpoint {path}: its embedded config is not plain YAML ({reason})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {path} has no 'config' dict; it was not written by vertseg train")
     raw = _without_retired_inference_keys(raw, path)

@@ -6,6 +6,7 @@ grid) -> writing. The time of each step is recorded in the case record (and `sum
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -25,7 +26,7 @@ from vertseg.inference.localisation import SpineBox
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.qc import write_qc
 from vertseg.inference.writers import OutputOptions, Vertebra, vertebrae_on_grid, write_case_outputs
-from vertseg.io import atomic_write_json, path_under
+from vertseg.io import atomic_write_json, locked, path_under
 from vertseg.labels import PROTOCOLS
 from vertseg.postprocess.assign import labelmap_from_predictions
 
@@ -174,16 +175,36 @@ def stage_line(record: dict[str, Any]) -> str:
 
 
 def write_summary(out_dir: Path, records: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """This run's summary; `summary.json` holds it merged with the cases earlier or concurrent runs wrote into the
+    same folder (a case predicted again takes its newest record), so a second run never hides the first one's."""
+    out_dir = Path(out_dir)
+    with locked(out_dir / ".summary.lock"):
+        merged = {r["case_id"]: r for r in _earlier_records(out_dir / "summary.json")}
+        merged.update({r["case_id"]: r for r in records})
+        atomic_write_json(out_dir / "summary.json", _summary(list(merged.values()), extra))
+    return _summary(records, extra)
+
+
+def _summary(records: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
     failed = [r for r in records if r["status"] != "ok"]
-    summary = {
+    return {
         **extra,
         "cases": len(records),
         "succeeded": len(records) - len(failed),
         "failed": [{"case_id": r["case_id"], "input": r["input"], "error": r["error"]} for r in failed],
         "records": records,
     }
-    atomic_write_json(Path(out_dir) / "summary.json", summary)
-    return summary
+
+
+def _earlier_records(path: Path) -> list[dict[str, Any]]:
+    """Records of an existing summary.json; an unreadable one is kept aside rather than overwritten blindly."""
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["records"])
+    except (ValueError, KeyError, TypeError):
+        path.replace(path.with_name("summary.unreadable.json"))
+        return []
 
 
 def predict_all(

@@ -78,6 +78,10 @@ def model_weights(payload: dict[str, Any], path: Path | str,
     for key in keys:
         state = payload.get(key)
         if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            broken = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+            if broken:
+                raise CheckpointError(f"checkpoint {path} holds non-finite {key} weights ({len(broken)} tensors, e.g. "
+                                      f"{_unprefixed(broken[0])}): the run diverged; use an earlier checkpoint")
             return {_unprefixed(name): value for name, value in state.items()}, key
     raise CheckpointError(f"checkpoint {path} holds no model weights (looked for {', '.join(keys)})")
 
