@@ -19,7 +19,7 @@ from vertseg.inference.model_loading import load_model
 from vertseg.training.checkpoint import save_checkpoint
 from vertseg.training.trainer import Trainer
 from vertseg.weights import FetchError, Registry, RegistryError
-from vertseg.weights.bundled import bundled_model
+from vertseg.weights.bundled import BUNDLED_DEFAULT, bundled_model
 
 TINY = {
     "model": {"base_width": 2, "bottleneck": "none", "cbam_placement": "none"},
@@ -54,7 +54,7 @@ def test_round_trip_import_list_predict_export(tmp_path, home, checkpoint):
 
     bundled = runner.invoke(app, ["predict", str(image), "--out", str(tmp_path / "bundled"), "--device", "cpu"])
     assert bundled.exit_code == 0, bundled.output  # nothing registered: the model that ships with vertseg
-    assert "using the default model phantom-fsl (bundled)" in bundled.output
+    assert f"using the default model {BUNDLED_DEFAULT} (bundled)" in bundled.output
     weights = json.loads((tmp_path / "bundled" / "summary.json").read_text())["weights"]
     assert weights.startswith(str(bundled_model().checkpoint))
 

@@ -102,6 +102,12 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
+def _shown(path: Path) -> str:
+    """A path as a reader of docs/ can follow it: relative to the working folder when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _pct(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
 
@@ -238,7 +244,7 @@ def render(outcome: RealOutcome, checkpoint: Path, weights: str, images: Path, w
     per_vertebra = [[VERSE_NAMES[lab]] + [_pct(row["metrics"].vertebra_dice[lab]) if lab in row["metrics"].vertebra_dice
                                           else "" for row in outcome.scored] for lab in labels]
     body = [
-        f"Model: `{checkpoint}` (sha256 {_sha(checkpoint)}..., {weights} weights). Every scan goes through `vertseg "
+        f"Model: `{_shown(checkpoint)}` (sha256 {_sha(checkpoint)}..., {weights} weights). Every scan goes through `vertseg "
         f"predict`'s path (load, localisation, sliding window, post-processing, writers) and the labelled ones are "
         f"scored as `vertseg evaluate` scores them (1 mm, VerSe matching; binary Dice = paper Eq. 14, Acc_ID = Eq. "
         f"15-17, id-rate = VerSe). Prediction wall time {wall:.1f} s for {len(outcome.scored) + len(outcome.smoke)} "

@@ -49,15 +49,12 @@ SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g
 
 
 def writable_folder_problem(folder: Path) -> str | None:
-    """Why outputs cannot go to `folder` (an existing file, no permission), or None; creates it when absent."""
-    import tempfile
-
+    """Why outputs cannot go to `folder` (an existing file, no permission), or None; writes nothing."""
     if folder.exists() and not folder.is_dir():
         return "is a file, not a folder"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vertseg-write-check-"):
-            pass
-    except OSError as error:
-        return f"cannot be written ({error.strerror or error})"
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written ({existing}: permission denied)"
     return None

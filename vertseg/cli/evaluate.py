@@ -173,14 +173,14 @@ def bench_real(
     from vertseg.inference.model_loading import CheckpointError
     from vertseg.weights import Registry, RegistryError
 
+    command = ("vertseg bench real" + (f" --data {data}" if data else "") + "".join(f" --labelled {item}" for item in labelled)
+               + (f" --checkpoint {checkpoint}" if checkpoint else "")
+               + "".join(f" --unlabelled {p}" for p in unlabelled) + (f" --name {name}" if name != "default" else "")
+               + "".join(f" --set {o}" for o in overrides))
     try:
         if checkpoint is None:
             checkpoint, ref = Registry().default_checkpoint()
             console.print(f"model: the default model {ref}", highlight=False)
-        command = ("vertseg bench real" + (f" --data {data}" if data else "") + "".join(f" --labelled {item}" for item in labelled)
-                   + (f" --checkpoint {checkpoint}" if checkpoint else "")
-                   + "".join(f" --unlabelled {p}" for p in unlabelled) + (f" --name {name}" if name != "default" else "")
-                   + "".join(f" --set {o}" for o in overrides))
         outcome = run_real_bench(checkpoint, data, list(unlabelled), workdir, bench_file, name, list(overrides),
                                  command, echo=lambda line: console.print(line, highlight=False), labelled=list(labelled))
     except (CheckpointError, RegistryError, ValueError, RuntimeError) as error:

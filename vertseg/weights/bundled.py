@@ -14,7 +14,7 @@ from pathlib import Path
 from vertseg.weights.fetch import sha256_of
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "resources" / "weights"
-BUNDLED_DEFAULT = "phantom-fsl"
+BUNDLED_DEFAULT = "synthetic-v1"
 
 
 @dataclass(frozen=True)

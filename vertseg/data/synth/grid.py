@@ -36,6 +36,14 @@ class Grid:
         inverse = np.linalg.inv(self.affine)
         return np.asarray(world_points, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
 
+    def slabs(self, voxels: int = 2_000_000):
+        """(box, float32 world coordinates) of consecutive slabs along the last axis of about `voxels` voxels each:
+        whole-volume painting with bounded memory on large grids."""
+        step = max(1, voxels // max(self.shape[0] * self.shape[1], 1))
+        for k0 in range(0, self.shape[2], step):
+            box = (slice(0, self.shape[0]), slice(0, self.shape[1]), slice(k0, min(k0 + step, self.shape[2])))
+            yield box, self.world(box).astype(np.float32)
+
     def world(self, box: tuple[slice, slice, slice]) -> np.ndarray:
         """World RAS coordinates (nx, ny, nz, 3) of the voxels in `box`."""
         axes = [np.arange(s.start, s.stop, dtype=np.float64) for s in box]

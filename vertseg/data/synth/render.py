@@ -59,10 +59,7 @@ def _soft_tissue(spine: Spine, grid: Grid, hu: np.ndarray, rng: np.random.Genera
     first_thoracic = levels.index(8)
     # flat table: the patient lies supine on it, just behind the most posterior skin of the back
     table_top = min(float(v.centre[1]) for v in spine.vertebrae) - 65.0 * spine.scale - 8.0
-    step = max(1, 2_000_000 // max(grid.shape[0] * grid.shape[1], 1))
-    for k0 in range(0, grid.shape[2], step):
-        box = (slice(0, grid.shape[0]), slice(0, grid.shape[1]), slice(k0, min(k0 + step, grid.shape[2])))
-        world = grid.world(box).astype(np.float32)
+    for box, world in grid.slabs():
         x, y, z = world[..., 0], world[..., 1], world[..., 2]
         sx, sy, level = _spine_profile(spine, z)
         neck = np.clip((first_thoracic - 0.5 - level) / 2.0, 0.0, 1.0)  # 1 in the neck, 0 from T1 down

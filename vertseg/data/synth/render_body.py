@@ -100,10 +100,7 @@ def _paint(solid: Solid, grid: Grid, hu: np.ndarray, tissues: Tissues) -> None:
 def _slabs(spine: Spine, body: Body, tissues: Tissues, grid: Grid, hu: np.ndarray, lungs: bool) -> None:
     """First pass: air, subcutaneous fat, muscle, the abdominal cavity's visceral fat. Second pass: the lungs."""
     trunk, lung = body.trunk, body.lungs
-    step = max(1, 2_000_000 // max(grid.shape[0] * grid.shape[1], 1))
-    for k0 in range(0, grid.shape[2], step):
-        box = (slice(0, grid.shape[0]), slice(0, grid.shape[1]), slice(k0, min(k0 + step, grid.shape[2])))
-        world = grid.world(box).astype(np.float32)
+    for box, world in grid.slabs():
         x, y, z = world[..., 0], world[..., 1], world[..., 2]
         sx, sy, _ = _spine_profile(spine, z)
         rx, ry, back = trunk.at(z)
@@ -149,10 +146,7 @@ def _table(spine: Spine, body: Body, tissues: Tissues, grid: Grid, hu: np.ndarra
     """A curved patient table (cradle) under the back, spanning the grid along z."""
     centre_x = float(np.mean([v.centre[0] for v in spine.vertebrae]))
     radius = 600.0
-    step = max(1, 2_000_000 // max(grid.shape[0] * grid.shape[1], 1))
-    for k0 in range(0, grid.shape[2], step):
-        box = (slice(0, grid.shape[0]), slice(0, grid.shape[1]), slice(k0, min(k0 + step, grid.shape[2])))
-        world = grid.world(box).astype(np.float32)
+    for box, world in grid.slabs():
         x, y = world[..., 0], world[..., 1]
         distance = np.hypot(x - centre_x, y - (body.table_y + radius))  # circle centre above the table top
         slab = (distance >= radius) & (distance <= radius + body.table_mm) & (np.abs(x - centre_x) < 230.0)
