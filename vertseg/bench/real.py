@@ -163,7 +163,7 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def smoke(record: dict[str, Any], spacing_mm: float) -> dict[str, Any]:
+def smoke(record: dict[str, Any]) -> dict[str, Any]:
     """Spine found? Which vertebrae, and how much of the labelling lies off the spine's centre line."""
     import nibabel as nib
 
@@ -206,7 +206,7 @@ def run_real_bench(checkpoint: Path, data: Path | None, unlabelled: list[Path], 
     wall = time.perf_counter() - start
     load_after = _load_average()
     rows = score(records, sources, pred)
-    smoke_rows = [smoke(r, config.data.spacing_mm) for r in records[len(sources):]]
+    smoke_rows = [smoke(r) for r in records[len(sources):]]
     real_dev = {scan.case_id for scan in LABELLED_SCANS}
     goal_rows = [row for row in rows if row["case_id"] in real_dev] if data is not None else []
     outcome = RealOutcome(rows, smoke_rows, pooled(rows), pooled(goal_rows) if goal_rows else None)
