@@ -172,3 +172,22 @@ def test_evaluate_reads_ground_truth_with_the_named_format(tmp_path):
         assert result.exit_code == 0, result.output
         scores[fmt] = json.loads(out.read_text())["multilabel_dice"]
     assert scores["totalseg_v1"] == pytest.approx(1.0) and scores["totalseg_v2"] < 0.5
+
+
+def test_evaluate_reads_the_totalsegmentator_release_layout_as_ground_truth(tmp_path):
+    """`vertseg evaluate --gt <release>` used to fail every case with "segmentations: file does not exist"."""
+    from typer.testing import CliRunner
+
+    from vertseg.cli.main import app
+
+    _totalseg_case(tmp_path / "release")
+    [source] = discover_cases([tmp_path / "release"])
+    truth = load_case(source).mask
+    pred = tmp_path / "pred" / "s0001"
+    pred.mkdir(parents=True)
+    sitk.WriteImage(truth, str(pred / "s0001_seg.nii.gz"))  # the ground truth itself as the prediction
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "release"),
+                                      "--no-surface", "--spacing", "0", "--out", str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["cases"] == 1 and summary["binary_dice"] == 1.0 and not summary["failed"]

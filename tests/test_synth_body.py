@@ -92,3 +92,10 @@ def test_tissue_values_vary_between_cases_within_ct_ranges():
     cancellous = [t.cancellous for t in tissues]
     assert min(cancellous) < 140 and max(cancellous) > 200  # osteoporotic and dense bodies
     assert all(-1024 <= t.air < -980 and -130 < t.fat < -60 and t.cortical > t.cancellous for t in tissues)
+
+
+def test_a_clinical_field_of_view_always_holds_a_whole_vertebra():
+    """Seed [7, 7] placed its field of view below the sacrum: L4, L5 and an L6 were cut and the VerSe mask was empty,
+    which preprocessing refuses. The field of view is drawn again until a vertebral body is in it."""
+    phantom = make_phantom(np.random.default_rng([7, 7]), "ct", variant_rate=0.25)
+    assert phantom.centroids_voxel and phantom.labels_without_partial().any()

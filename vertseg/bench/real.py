@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vertseg.bench.report import markdown_table, write_section
+from vertseg.io import path_under
 from vertseg.labels import VERSE_NAMES
 
 GOAL = {"binary_dice": 0.85, "acc_id": 0.70, "id_rate": 0.80}  # issue 29: on the real-dev scans, pooled
@@ -131,7 +132,7 @@ class RealOutcome:
     goal_pooled: dict[str, float] | None = None  # over the real-dev scans only (None when none was given)
 
 
-def score(records: list[dict[str, Any]], sources: list, pred: Path) -> list[dict[str, Any]]:
+def score(records: list[dict[str, Any]], sources: list) -> list[dict[str, Any]]:
     """Metrics of each labelled scan (VerSe 1 mm matching, as `vertseg evaluate`) beside its prediction record."""
     from vertseg.evaluation.case import EvalSettings
     from vertseg.evaluation.runner import Prediction, evaluate_pair
@@ -196,7 +197,7 @@ def run_real_bench(checkpoint: Path, data: Path | None, unlabelled: list[Path], 
     model, config, key = load_model(checkpoint, overrides)
     predictor = Predictor(model, config, resolve_device("auto"))
     jobs = [PredictJob(s.case_id, source=s) for s in sources] + collect_jobs(unlabelled)
-    pred = work / name
+    pred = path_under(work, name)  # a name like `..` must not make the cleanup below delete more than its run
     if pred.exists():
         shutil.rmtree(pred)
     load_before = _load_average()
@@ -205,12 +206,12 @@ def run_real_bench(checkpoint: Path, data: Path | None, unlabelled: list[Path], 
                                                                        else f"failed {r['case_id']}: {r['error']}"))
     wall = time.perf_counter() - start
     load_after = _load_average()
-    rows = score(records, sources, pred)
+    rows = score(records, sources)
     smoke_rows = [smoke(r) for r in records[len(sources):]]
     real_dev = {scan.case_id for scan in LABELLED_SCANS}
     goal_rows = [row for row in rows if row["case_id"] in real_dev] if data is not None else []
     outcome = RealOutcome(rows, smoke_rows, pooled(rows), pooled(goal_rows) if goal_rows else None)
-    images = bench_file.parent / "images" / "real" / name
+    images = path_under(bench_file.parent / "images" / "real", name)
     images.mkdir(parents=True, exist_ok=True)
     for record in records:
         qc = Path(record.get("outputs", {}).get("qc", ""))
@@ -257,6 +258,9 @@ def render(outcome: RealOutcome, checkpoint: Path, weights: str, images: Path, w
          f"{against_goal(outcome.goal_pooled)}." if outcome.goal_pooled else "No real-dev scan in this run."),
         f"Over all {int(p['vertebrae'])} labelled real vertebrae: {against_goal(p)}; mean vertebra Dice "
         f"{_pct(p['vertebra_dice'])} %.",
+        "",
+        "Real-dev scans: " + "; ".join(f"`{scan.case_id}`: {scan.what}" for scan in LABELLED_SCANS
+                                         if scan.case_id in {row["case_id"] for row in outcome.scored}) + ".",
         "",
         "Per-vertebra Dice (%):",
         "",

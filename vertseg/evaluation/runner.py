@@ -104,7 +104,7 @@ def pair_cases(pred_dir: Path, gt: list[Path], dataset: str | None = None, label
 
 
 def _check_file(path: Path) -> None:
-    """The integrity check of `preprocess`, for every NIfTI read here."""
+    """The integrity check of the readers, for a prediction file (ground truth is checked by `load_case`)."""
     if not Path(path).is_file():
         raise CaseError(path, "file does not exist")
     if Path(path).name.lower().endswith(NIFTI_SUFFIXES):
@@ -166,8 +166,8 @@ class GroundTruth:
 
 
 def load_ground_truth(source: CaseSource) -> GroundTruth:
-    """Mask and centroids of a labelled case, integrity-checked; CaseError names the file otherwise."""
-    _check_file(source.mask)
+    """Mask and centroids of a labelled case, integrity-checked by the reader (`load_case`: files and folders of
+    per-structure files alike); CaseError names the file otherwise."""
     case = load_case(replace(source, image=None))
     voxels = {}
     if case.centroids_lps:

@@ -97,7 +97,7 @@ def coarse_bone(hu: np.ndarray, factor: int, threshold_hu: float) -> tuple[np.nd
     return (share >= BLOCK_BONE_SHARE) & body, body
 
 
-def _candidates(bone: np.ndarray, body: np.ndarray, slab: int, index: int, spacing_mm: float) -> list[_Candidate]:
+def _candidates(bone: np.ndarray, body: np.ndarray, index: int, spacing_mm: float) -> list[_Candidate]:
     """Scored bone regions of one slab (coarse arrays of that slab only)."""
     inside = body.any(axis=0)
     if not inside.any() or not bone.any():
@@ -177,7 +177,7 @@ def find_column(hu: np.ndarray, spacing_mm: float, factor: int, threshold_hu: fl
     coarse_mm = spacing_mm * factor
     slab = max(1, int(round(SLAB_MM / coarse_mm)))
     starts = list(range(0, bone.shape[0], slab))
-    slabs = [_candidates(bone[s:s + slab], body[s:s + slab], slab, i, coarse_mm) for i, s in enumerate(starts)]
+    slabs = [_candidates(bone[s:s + slab], body[s:s + slab], i, coarse_mm) for i, s in enumerate(starts)]
     path, score = _best_path(slabs, coarse_mm)
     length_mm = (path[-1].slab - path[0].slab + 1) * slab * coarse_mm if path else 0.0
     if not path or score < MIN_PATH_SCORE or (length_mm >= CANAL_SEEN_MM and not any(c.canal for c in path)):

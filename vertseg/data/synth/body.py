@@ -85,7 +85,6 @@ class Body:
     solids: list[Solid]
     table_y: float  # world y of the table's top (it lies under the back)
     table_mm: float  # thickness; 0 = no table in the scan
-    arms_down: bool
 
 
 def _by_label(spine: Spine) -> dict[int, Vertebra]:
@@ -146,24 +145,22 @@ def sample_body(spine: Spine, rng: np.random.Generator) -> Body:
     lungs = Lungs(apex_z=z_of[8] + u(15.0, 35.0), dome_z=(dome, dome - u(5.0, 25.0)), recess_mm=u(55.0, 85.0),
                   wall_mm=u(14.0, 24.0))
     solids: list[Solid] = []
-    organs = _organs(spine, levels, z_of, trunk, dome, rng)
-    solids += organs
-    solids += _vessels(spine, levels, z_of, s1, rng)
+    solids += _organs(spine, levels, z_of, rng)
+    solids += _vessels(spine, levels, s1, rng)
     solids += _ribs_and_sternum(spine, levels, trunk, lungs, rng)
     arms_down = bool(rng.random() < 0.4)
-    solids += _shoulders_and_arms(spine, levels, z_of, trunk, arms_down, rng)
-    solids += _pelvis(spine, z_of, last_lumbar, sacral, trunk, rng)
+    solids += _shoulders_and_arms(levels, z_of, trunk, arms_down, rng)
+    solids += _pelvis(z_of, last_lumbar, sacral, rng)
     solids += _head(spine, levels, z_of, rng)
     if rng.random() < 0.06:
-        solids += _fixation(spine, levels, rng)
+        solids += _fixation(levels, rng)
     back_skin = min(float(v.centre[1]) - float(trunk.at(np.array([v.centre[2]]))[2][0]) for v in spine.vertebrae)
     table_mm = u(5.0, 18.0) if rng.random() < 0.85 else 0.0
     return Body(trunk, lungs, dome - lungs.recess_mm * 0.5, float(sacral[-1].centre[2]) - 40.0, solids,
-                back_skin - u(0.0, 25.0), table_mm, arms_down)
+                back_skin - u(0.0, 25.0), table_mm)
 
 
-def _organs(spine: Spine, levels: dict[int, Vertebra], z_of: dict[int, float], trunk: Trunk, dome: float,
-            rng: np.random.Generator) -> list[Solid]:
+def _organs(spine: Spine, levels: dict[int, Vertebra], z_of: dict[int, float], rng: np.random.Generator) -> list[Solid]:
     u = rng.uniform
 
     def axial(label: int) -> np.ndarray:
@@ -204,8 +201,7 @@ def _organs(spine: Spine, levels: dict[int, Vertebra], z_of: dict[int, float], t
     return out
 
 
-def _vessels(spine: Spine, levels: dict[int, Vertebra], z_of: dict[int, float], s1: Vertebra,
-             rng: np.random.Generator) -> list[Solid]:
+def _vessels(spine: Spine, levels: dict[int, Vertebra], s1: Vertebra, rng: np.random.Generator) -> list[Solid]:
     """Heart, aorta (ascending, arch, descending left of the bodies, bifurcating at L4), vena cava, trachea."""
     u = rng.uniform
     out: list[Solid] = []
@@ -312,7 +308,7 @@ def _ribs_and_sternum(spine: Spine, levels: dict[int, Vertebra], trunk: Trunk, l
     return out
 
 
-def _shoulders_and_arms(spine: Spine, levels: dict[int, Vertebra], z_of: dict[int, float], trunk: Trunk,
+def _shoulders_and_arms(levels: dict[int, Vertebra], z_of: dict[int, float], trunk: Trunk,
                         arms_down: bool, rng: np.random.Generator) -> list[Solid]:
     """Clavicles, scapulae on the back of the ribcage, humeral heads; with the arms down, the arms beside the trunk."""
     u = rng.uniform
@@ -344,8 +340,7 @@ def _shoulders_and_arms(spine: Spine, levels: dict[int, Vertebra], z_of: dict[in
     return out
 
 
-def _pelvis(spine: Spine, z_of: dict[int, float], last_lumbar: int, sacral: list[Vertebra], trunk: Trunk,
-            rng: np.random.Generator) -> list[Solid]:
+def _pelvis(z_of: dict[int, float], last_lumbar: int, sacral: list[Vertebra], rng: np.random.Generator) -> list[Solid]:
     """Sacral alae, iliac wings flaring from the sacroiliac joints with their crests at L4-L5, acetabula, femoral
     heads and shafts, pubic rami."""
     u = rng.uniform
@@ -400,7 +395,7 @@ def _head(spine: Spine, levels: dict[int, Vertebra], z_of: dict[int, float], rng
     return out
 
 
-def _fixation(spine: Spine, levels: dict[int, Vertebra], rng: np.random.Generator) -> list[Solid]:
+def _fixation(levels: dict[int, Vertebra], rng: np.random.Generator) -> list[Solid]:
     """Posterior instrumentation: pedicle screws into two to four adjacent bodies joined by rods."""
     candidates = [label for label in range(14, 25) if label in levels]
     count = int(rng.integers(2, 5))

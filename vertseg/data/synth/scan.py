@@ -173,6 +173,8 @@ def make_phantom(
         body = sample_body(spine, rng)
         tissues = sample_tissues(rng)
         grid = sample_clinical_grid(spine, body, rng, preset, codes)
+        while not any(body_in_view(v, grid) for v in spine.labeled):  # a field of view past the spine's ends
+            grid = sample_clinical_grid(spine, body, rng, preset, codes)  # (legs, head) would be an empty mask
         hu, labels, core = render_body(spine, body, tissues, grid)
         hu = acquire(hu, core, grid, tissues, rng)
     else:
