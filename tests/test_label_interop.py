@@ -191,3 +191,36 @@ def test_evaluate_reads_the_totalsegmentator_release_layout_as_ground_truth(tmp_
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["cases"] == 1 and summary["binary_dice"] == 1.0 and not summary["failed"]
+
+
+@pytest.mark.parametrize("given", ["structure folder", "multilabel file"])
+def test_evaluate_takes_a_bare_mask_as_ground_truth(tmp_path, given):
+    """`--gt segmentations/` (per-structure files) or `--gt mask.nii.gz` (one multilabel file, here with
+    TotalSegmentator v2 ids and their header table) used to find "no labelled ground-truth cases"."""
+    from typer.testing import CliRunner
+
+    from vertseg.cli.main import app
+    from vertseg.data.readers.label_formats import label_table_extension
+
+    case = _totalseg_case(tmp_path / "release")
+    [source] = discover_cases([tmp_path / "release"])
+    truth = load_case(source).mask
+    pred = tmp_path / "pred" / "scan"
+    pred.mkdir(parents=True)
+    sitk.WriteImage(truth, str(pred / "scan_seg.nii.gz"))  # another name than the mask: one mask, one prediction
+    if given == "structure folder":
+        gt = case / "segmentations"
+    else:
+        values = sitk.GetArrayFromImage(truth).transpose(2, 1, 0)
+        v2 = labels.LABEL_FORMATS["totalseg_v2"].from_verse(values)[0]
+        image = nib.Nifti1Image(v2, nib.load(str(case / "ct.nii.gz")).affine)
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(0, label_table_extension(
+            {int(v): labels.LABEL_FORMATS["totalseg_v2"].structures[int(v)] for v in np.unique(v2) if v})))
+        gt = tmp_path / "mask.nii.gz"
+        nib.save(image, str(gt))
+        assert set(np.unique(v2)) - {0} and not set(np.unique(v2)) & {19, 20}  # really v2 ids, not VerSe
+    result = CliRunner().invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(gt),
+                                      "--no-surface", "--spacing", "0", "--out", str(tmp_path / "eval.json")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["cases"] == 1 and summary["binary_dice"] == 1.0 and summary["multilabel_dice"] == 1.0

@@ -174,6 +174,38 @@ def test_outputs_statistics_label_tables_and_totalseg_numbering(tmp_path, oracle
     assert truth.any()
 
 
+def test_totalseg_numbering_is_one_story_across_labelmap_header_tables_and_evaluate(tmp_path, oracle):
+    """--labels totalseg: the labelmap's header names its values (TotalSegmentator's own label-table extension),
+    every table row and statistic says which value it is in the file, and `vertseg evaluate` scores the file."""
+    from vertseg.data.readers.label_formats import header_label_table
+    from vertseg.evaluation.runner import evaluate_folder
+
+    truth = _levels_phantom(tmp_path / "levels.nii.gz")
+    jobs = collect_jobs([tmp_path / "levels.nii.gz"])
+    predict_all(oracle, jobs, tmp_path / "total", options=OutputOptions(labels="totalseg", statistics=True))
+    predict_all(oracle, jobs, tmp_path / "verse", options=OutputOptions(statistics=True))
+    total, verse = tmp_path / "total" / "levels", tmp_path / "verse" / "levels"
+    assert header_label_table(total / "levels_seg.nii.gz") == {27: "vertebrae_L5", 28: "vertebrae_L4", 29: "vertebrae_L3"}
+    assert header_label_table(verse / "levels_seg.nii.gz") == {22: "L3", 23: "L4", 24: "L5"}
+    for name in ("vertebrae", "statistics"):
+        table = json.loads((total / f"levels_{name}.json").read_text())
+        assert table["labelmap_numbering"] == "totalseg_v2"
+        assert [(r["label"], r["map_value"]) for r in table["vertebrae"]] == [(22, 29), (23, 28), (24, 27)]
+        csv_header = (total / f"levels_{name}.csv").read_text().splitlines()[0].split(",")
+        assert csv_header[:3] == ["label", "map_value", "name"]
+        plain = json.loads((verse / f"levels_{name}.json").read_text())
+        assert [(r["label"], r["map_value"]) for r in plain["vertebrae"]] == [(22, 22), (23, 23), (24, 24)]
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    (gt / "levels.nii.gz").write_bytes((tmp_path / "levels.nii.gz").read_bytes())
+    nib.save(nib.Nifti1Image(truth, nib.load(str(tmp_path / "levels.nii.gz")).affine), str(gt / "levels_seg.nii.gz"))
+    for pred in (tmp_path / "total", tmp_path / "verse"):
+        report = evaluate_folder(pred, [gt])
+        [case] = report.cases
+        assert not case.failure and case.multilabel_dice == pytest.approx(1.0, abs=0.02)
+        assert all(case.id_correct.values()) and sorted(case.id_correct) == [22, 23, 24]
+
+
 def test_nrrd_and_metaimage_inputs(tmp_path, oracle):
     _levels_phantom(tmp_path / "levels.nii.gz")
     image = sitk.ReadImage(str(tmp_path / "levels.nii.gz"))

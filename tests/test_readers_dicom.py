@@ -58,6 +58,24 @@ def test_a_missing_slice_is_refused_naming_the_gap_and_its_files(gapped, test_da
     assert names[DROPPED] not in problem and "--allow-irregular" in problem
 
 
+@pytest.mark.parametrize("keep_bytes", [300, 0.5])
+def test_a_truncated_slice_is_named_as_damaged_not_as_a_gap_even_when_irregular_series_are_allowed(
+        tmp_path, test_data, keep_bytes):
+    """GDCM leaves an unreadable slice out of the series, which then looks like a missing slice: --allow-irregular
+    would have interpolated over a damaged file."""
+    folder = tmp_path / "damaged"
+    shutil.copytree(test_data / "dicom-sample", folder)
+    victim = sorted(folder.iterdir())[DROPPED]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: keep_bytes if isinstance(keep_bytes, int) else int(len(data) * keep_bytes)])
+    (folder / "notes.txt").write_text("not DICOM, ignored")
+    for allow in (False, True):
+        with pytest.raises(CaseError) as caught:
+            read_image(folder, allow_irregular=allow)
+        assert "1 DICOM file(s) cannot be read (truncated or corrupt)" in caught.value.problem
+        assert victim.name in caught.value.problem and "missing slice" not in caught.value.problem
+
+
 def test_a_duplicated_slice_is_refused_even_when_irregular_series_are_allowed(tmp_path, test_data):
     folder = tmp_path / "doubled"
     shutil.copytree(test_data / "dicom-sample", folder)

@@ -130,3 +130,17 @@ def test_nnunet_extra_channels_are_not_cases(datasets, tmp_path):
     image = next((folder / "imagesTr").glob("*_0000.nii.gz"))
     shutil.copy(image, image.with_name(image.name.replace("_0000", "_0001")))
     assert len(discover_cases([folder])) == len(discover_cases([datasets["nifti"]]))
+
+
+def test_an_nnunet_images_folder_given_directly_is_read_as_its_cases(datasets):
+    """`vertseg predict -i <dataset>/imagesTr` (or imagesTs) is the first thing an nnU-Net user types; it used to end
+    in pathlib's "is not in the subpath of" traceback."""
+    from vertseg.inference.cases import collect_jobs
+
+    folder = datasets["nifti"] / "imagesTr"
+    whole = {s.patient_id: s.image for s in discover_cases([datasets["nifti"]]) if s.image.parent == folder}
+    direct = discover_cases([folder])
+    assert {s.case_id: s.image for s in direct} == whole and whole
+    assert not any(s.labeled for s in direct)  # labelsTr is not under imagesTr: prediction inputs, no labels
+    jobs = collect_jobs([folder])
+    assert sorted(job.case_id for job in jobs) == sorted(whole)

@@ -45,3 +45,67 @@ def test_store_refuses_other_settings_and_bad_shards(tmp_path):
         init_store(tmp_path / "s.zarr", DataConfig(codec="zstd"))
     with pytest.raises(StoreError, match="multiple"):
         init_store(tmp_path / "t.zarr", DataConfig(chunk_size=(48, 32, 32)))
+
+
+def _written_case(tmp_path):
+    """One phantom case preprocessed into a store, with its source (to preprocess again)."""
+    from _store_phantom import write_case
+    from vertseg.config import build_config
+    from vertseg.data.preprocess import preprocess_case
+    from vertseg.data.store import build_manifest, init_store, write_manifest
+    from vertseg.data.types import CaseSource
+
+    write_case(tmp_path / "src", "sub-a", spacing=(2.0, 2.0, 2.0))
+    config = build_config({}, ["data.spacing_mm=2.0", "data.chunk_size=[16,16,16]", "data.shard_size=[32,32,32]"]).data
+    store = tmp_path / "s.zarr"
+    init_store(store, config)
+    source = CaseSource("sub-a", "sub-a", "verse", "training", tmp_path / "src" / "sub-a.nii.gz",
+                        tmp_path / "src" / "sub-a_seg.nii.gz")
+    assert preprocess_case(source, config, store)["status"] == "written"
+    write_manifest(store, build_manifest(store, config, []))
+    return store, source, config
+
+
+def _shards(store, name):
+    return sorted(p for p in (store / "cases" / "sub-a" / name / "c").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("damage", ["missing image", "truncated image", "missing labels"])
+def test_a_lost_or_damaged_shard_is_an_error_naming_case_and_array_and_preprocess_repairs_it(tmp_path, damage):
+    """Zarr reads a missing chunk as its fill value: an image of air (no vertebrae) or labels of background,
+    silently. The store records every shard's size at write time, so reads, `vertseg inspect` and `vertseg
+    preprocess` see the damage."""
+    from typer.testing import CliRunner
+
+    from vertseg.cli.main import app
+    from vertseg.data.preprocess import preprocess_case
+    from vertseg.data.store import StoreError, VertStore
+
+    store, source, config = _written_case(tmp_path)
+    name = damage.split()[1]
+    before = VertStore(store).read_labels("sub-a")
+    victim = max(_shards(store, name), key=lambda p: p.stat().st_size)  # the shard holding most of the spine
+    if damage.startswith("missing"):
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    reader = VertStore(store)
+    with pytest.raises(StoreError, match=rf"case 'sub-a', array '{name}': shard .* (is missing|has \d+ bytes)"):
+        reader.read_labels("sub-a") if name == "labels" else reader.read_image("sub-a")
+    result = CliRunner().invoke(app, ["inspect", str(store)])
+    assert result.exit_code == 1 and f"{name} shard" in result.output and "damaged" in result.output
+    assert preprocess_case(source, config, store)["status"] == "written"  # not "skipped": the case is rewritten
+    np.testing.assert_array_equal(VertStore(store).read_labels("sub-a"), before)
+    assert CliRunner().invoke(app, ["inspect", str(store)]).exit_code == 0
+
+
+def test_a_shard_that_does_not_decode_names_its_file(tmp_path):
+    store, _, _ = _written_case(tmp_path)
+    from vertseg.data.store import StoreError, VertStore
+
+    victim = max(_shards(store, "image"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[:64] = bytes(64)  # same size, first chunk's blosc header zeroed
+    victim.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="case 'sub-a', array 'image': chunk .* does not decode"):
+        VertStore(store).read_image("sub-a")

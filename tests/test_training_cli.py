@@ -78,3 +78,20 @@ def test_error_messages_are_never_wrapped_off_a_terminal(tmp_path):
     piped = subprocess.run([sys.executable, "-m", "vertseg", "train", "--store", str(deep), "--cpu-workers", "0"],
                            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "80"})
     assert piped.returncode == 2 and ours in piped.stderr.splitlines(), piped.stderr
+
+
+def test_training_on_non_finite_numbers_exits_non_zero_and_keeps_the_last_good_checkpoint(tmp_path):
+    """An exploding learning rate: every step after the first is non-finite; the run must not end "finished"
+    with NaN weights, but stop with exit code 1, say why and keep the checkpoint of the last good epoch."""
+    from vertseg.training.checkpoint import load_checkpoint
+
+    store = make_store(tmp_path / "s.zarr", {"training": 2, "validation": 1})
+    sets = ["train.method=fsl", "train.schedule.epochs=3", "train.max_nonfinite_steps=2", "train.validate_every=1"]
+    args = _args(store, tmp_path / "runs", "--name", "nan", "--mlflow-uri", "none") + [
+        x for item in sets + ["train.optim.lr=1e30"] for x in ("--set", item)]
+    result = CliRunner().invoke(app, args)
+    text = normalised(result.output, tmp_path)
+    assert result.exit_code == 1, result.output
+    assert "training stopped on non-finite numbers" in text and "consecutive non-finite steps" in text
+    latest = load_checkpoint(tmp_path / "runs" / "nan" / "checkpoints" / "latest.pt")
+    assert all(torch.isfinite(t).all() for t in latest["model"].values() if t.is_floating_point())

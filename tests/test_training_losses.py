@@ -9,6 +9,7 @@ import torch
 
 from vertseg.config import build_config
 from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
+from vertseg.training.pseudo_labels import argmax_pseudo_labels, teacher_probabilities
 from vertseg.training.losses import (
     class_competition_loss,
     class_frequency_weights,
@@ -98,19 +99,26 @@ def test_seg_consistency_by_hand():
     assert loss.item() == 0.0 and passed == 0.0
 
 
+def _argmax_targets(teacher: torch.Tensor, tau: float, temperature: float, region=None):
+    pseudo = argmax_pseudo_labels(teacher_probabilities(teacher, temperature))
+    keep = (pseudo.confidence > tau) & (pseudo.classes > 0)
+    return pseudo.classes, keep if region is None else keep & region
+
+
 def test_cls_consistency_by_hand():
     # two voxels; classes 0 (background), 1, 2. Teacher: voxel 0 -> class 2 (confident), voxel 1 -> background
     teacher = torch.tensor([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 1, 2)
     student = torch.zeros(1, 3, 1, 1, 2)
     student[:, 0] = 5.0  # the background channel does not take part: CE over the 2 vertebra channels = ln 2
     weights = torch.tensor([0.5, 1.5])
-    loss, passed = cls_consistency_loss(student, teacher, tau=0.5, temperature=0.5, class_weights=weights)
+    classes, keep = _argmax_targets(teacher, tau=0.5, temperature=0.5)
+    loss = cls_consistency_loss(student, classes, keep, class_weights=weights)
     # softmax(4/0.5 = 8 vs 0) confidence ~ 0.9993 > 0.5; background voxel excluded -> w_2 * ln 2 / 1 voxel
     assert loss.item() == pytest.approx(1.5 * math.log(2), abs=1e-5)
-    assert passed == pytest.approx(0.5)
+    assert keep.float().mean() == pytest.approx(0.5)
     # temperature matters: at T = 8 the confidence e^0.5/(e^0.5+2) = 0.45 falls below tau = 0.5
-    loss, passed = cls_consistency_loss(student, teacher, tau=0.5, temperature=8.0, class_weights=weights)
-    assert passed == 0.0
+    classes, keep = _argmax_targets(teacher, tau=0.5, temperature=8.0)
+    assert not keep.any() and cls_consistency_loss(student, classes, keep, weights).item() == 0.0
 
 
 def test_cls_consistency_ignores_confident_classes_outside_the_teacher_foreground():
@@ -121,9 +129,10 @@ def test_cls_consistency_ignores_confident_classes_outside_the_teacher_foregroun
     region = teacher_foreground(seg_full, (1, 1, 2), threshold=0.5)
     assert region.tolist() == [[[[True, False]]]]
     student = torch.zeros(1, 3, 1, 1, 2)
-    loss, passed = cls_consistency_loss(student, teacher_id, 0.5, 0.5, torch.ones(2), foreground=region)
-    assert passed == pytest.approx(0.5) and loss.item() == pytest.approx(math.log(2), abs=1e-5)
-    assert cls_consistency_loss(student, teacher_id, 0.5, 0.5, torch.ones(2))[1] == pytest.approx(1.0)
+    classes, keep = _argmax_targets(teacher_id, 0.5, 0.5, region)
+    assert keep.float().mean() == pytest.approx(0.5)
+    assert cls_consistency_loss(student, classes, keep, torch.ones(2)).item() == pytest.approx(math.log(2), abs=1e-5)
+    assert _argmax_targets(teacher_id, 0.5, 0.5)[1].float().mean() == pytest.approx(1.0)
 
 
 def test_class_frequency_weights_sum_to_k_and_favour_rare_classes():

@@ -75,3 +75,30 @@ def test_the_real_validator_plugs_into_training(store, tmp_path):
     result = train_local(config, store, None, tmp_path / "run", volume_validation=partial(volume_validator, store),
                          log=lambda _: None)
     assert "val_volume_id_rate" in result["best"] and "val_id_acc" in result["best"]
+
+
+def test_plateau_patience_ends_a_warm_up_once_validation_stops_improving(store, tmp_path):
+    """`train.plateau_patience`: two validations without a better full-volume score end the run (saved as finished,
+    so a resume does not train on); the readiness gate sees every validation."""
+    from vertseg.training.checkpoint import load_checkpoint
+
+    config = build_config({}, TINY + ["train.method=fsl", "train.schedule.epochs=8", "train.schedule.iterations_per_epoch=1",
+                                      "train.validate_every=1", "train.loader_workers=0", "train.plateau_patience=2"])
+    scores = iter([0.2, 0.5, 0.4, 0.5, 0.9, 0.9, 0.9, 0.9])
+
+    def validation(cfg, device, rank, world):
+        def validate(model):
+            value = next(scores)
+            return {"val_volume_dice": value, "val_volume_id_acc": value, "val_volume_id_rate": value}
+        return validate
+
+    result = train_local(config, store, None, tmp_path / "run", volume_validation=validation, log=lambda _: None)
+    assert result["epochs"] == 4 and result["best"]["epoch"] == 2  # 0.4 and 0.5 after the best 0.5: stale twice
+    latest = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert latest["plateaued"] and latest["epoch"] == 4
+    again = train_local(config, store, None, tmp_path / "run", resume=True, volume_validation=validation, log=lambda _: None)
+    assert again["epochs"] == 4
+    full = build_config({}, TINY + ["train.method=fsl", "train.schedule.epochs=3", "train.schedule.iterations_per_epoch=1",
+                                    "train.validate_every=1", "train.loader_workers=0"])
+    scores = iter([0.2, 0.1, 0.1])
+    assert train_local(full, store, None, tmp_path / "run0", volume_validation=validation, log=lambda _: None)["epochs"] == 3

@@ -98,6 +98,8 @@ def _load_scan(image, affine, predictor, unpack_dir: Path):
 
     window = tuple(predictor.config.data.hu_window)
     if isinstance(image, (str, Path)):
+        if not Path(image).exists():
+            raise FileNotFoundError(f"{image}: no such file or folder")
         jobs = collect_jobs([Path(image)], unpack_dir=unpack_dir)
         if len(jobs) != 1:
             raise ValueError(f"{image}: expected one scan, found {len(jobs)}; use `vertseg predict` for several")

@@ -161,13 +161,18 @@ class LabelFormat:
     def to_verse(self, labelmap: np.ndarray) -> np.ndarray:
         return self.to_verse_lut()[labelmap.astype(np.uint8)]
 
-    def from_verse(self, verse_labelmap: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """VerSe labelmap -> this format (by name); also the VerSe labels it has no row for (written as 0)."""
+    def from_verse_lut(self) -> np.ndarray:
+        """VerSe label (0..255) -> this format's value, by name (0 where it has no row)."""
         lut = np.zeros(256, dtype=np.uint8)
         for raw in sorted(self.structures):  # the first row of a name wins: v2 sacrum (25) over vertebrae_S1 (26)
             label = verse_label_of(self.structures[raw])
             if label is not None and not lut[label]:
                 lut[label] = raw
+        return lut
+
+    def from_verse(self, verse_labelmap: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """VerSe labelmap -> this format (by name); also the VerSe labels it has no row for (written as 0)."""
+        lut = self.from_verse_lut()
         present = np.unique(verse_labelmap)
         dropped = [int(v) for v in present if v and not lut[v]]
         return lut[verse_labelmap.astype(np.uint8)], dropped

@@ -15,7 +15,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @config_app.command("show")
     def show(config: Path = ConfigOption, overrides: list[str] = SetOption) -> None:
-        """Validate a config (with overrides) and print it in full, defaults filled in."""
+        """Validate a config and print it in full.
+
+        Validate a config (with overrides) and print it in full, defaults filled in."""
         from vertseg.config import dump_config
 
         typer.echo(dump_config(config_or_exit(config, overrides)), nl=False)
@@ -25,7 +27,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         readme: Path = typer.Option(None, help="Rewrite the reference section of this README in place."),
         check: bool = typer.Option(False, help="With --readme: exit 1 if the README's reference is out of date."),
     ) -> None:
-        """Print every config key with its type, default and paper reference (Markdown)."""
+        """Print the reference of every config key.
+
+        Print every config key with its type, default and paper reference (Markdown)."""
         from vertseg.config_reference import config_reference_markdown, readme_with_reference
         from vertseg.io import atomic_write_text
 

@@ -33,7 +33,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             help="DICOM series with uneven slice positions (a missing slice): resample onto a uniform grid instead of refusing.",
         ),
     ) -> None:
-        """Resample scans to the canonical 1 mm frame and write them to a chunked Zarr v3 store, in parallel on Ray."""
+        """Turn scans and masks into a Zarr store for training.
+
+        Resample scans to the canonical 1 mm frame and write them to a chunked Zarr v3 store, in parallel on Ray."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from vertseg.data.parallel import run_preprocess
@@ -78,7 +80,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         case: str = typer.Argument(None, help="One case id; default: every case."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     ) -> None:
-        """Shapes, spacing, orientation, label volumes (ml) and centroids (RAS mm of the original scan) per case."""
+        """Show what a store holds, case by case.
+
+        Shapes, spacing, orientation, label volumes (ml) and centroids (RAS mm of the original scan) per case."""
         from vertseg.data.inspect import describe_store
         from vertseg.data.store import StoreError
 
@@ -90,6 +94,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             typer.echo(json.dumps(description, indent=2))
         else:
             _print_description(description)
+        damaged = [(record["case_id"], problem) for record in description["cases"] for problem in record["problems"]]
+        for case_id, problem in damaged:
+            console.print(f"[red]damaged[/red] {case_id}: {problem}", highlight=False)
+        if damaged:
+            raise fail(f"{len({c for c, _ in damaged})} case(s) of {store} have damaged shards; run `vertseg preprocess` "
+                       "again (it rewrites them)", code=1)
 
     @bench_app.command("data")
     def bench_data(
@@ -97,7 +107,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         workdir: Path = typer.Option(None, help="Scratch folder (default: a temporary one)."),
         output: Path = typer.Option(Path("docs/benchmarks.md"), help="Benchmarks file to update."),
     ) -> None:
-        """Preprocessing throughput and patch reads/s + disk use: Zarr store vs NIfTI, Blosc2 and .npy layouts."""
+        """Preprocessing and patch-read throughput.
+
+        Preprocessing throughput and patch reads/s + disk use: Zarr store vs NIfTI, Blosc2 and .npy layouts."""
         from vertseg.bench.data import run_data_bench
 
         run_data_bench(quick=quick, workdir=workdir, output=output, echo=typer.echo)

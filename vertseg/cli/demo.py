@@ -1,4 +1,4 @@
-"""`vertseg demo` and `vertseg bench quality`."""
+"""`vertseg demo`, `vertseg bench quality`, `vertseg bench ssl` and `vertseg bench identification`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick", help="Fewer phantoms and steps (the end-to-end test)."),
         workers: int = typer.Option(2, "--workers", min=1, help="Ray Train CPU workers (DDP over gloo)."),
     ) -> None:
-        """The whole pipeline on phantoms in minutes on a CPU: synth -> Zarr -> Ray training of `proposed` (2 workers)
+        """The whole pipeline on phantoms, in minutes on a CPU.
+
+        The whole pipeline on phantoms in minutes on a CPU: synth -> Zarr -> Ray training of `proposed` (2 workers)
         -> predict -> evaluate -> HTML report. A rerun reuses finished stages; logs go to OUT/logs/<stage>.log."""
         from vertseg.demo import DemoError, run_demo, summary_lines
 
@@ -47,7 +49,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         training_cases: int = typer.Option(None, "--training-cases", min=1,
                                            help="Labelled training phantoms (default 16; 32 with --full); own section."),
     ) -> None:
-        """fsl vs proposed (and any SSL baseline) at 25% labels on held-out phantoms: Dice, Acc_ID and VerSe id-rate,
+        """Model quality at 25 % labels on phantoms, per method.
+
+        fsl vs proposed (and any SSL baseline) at 25% labels on held-out phantoms: Dice, Acc_ID and VerSe id-rate,
         mean ± std over seeds, with the consistency diagnostics; writes the `quality` section of docs/benchmarks.md."""
         from typing import get_args
 
@@ -64,6 +68,49 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                  training_cases=training_cases)
         console.print(f"wrote {path}", highlight=False)
 
+    @bench_app.command("ssl")
+    def bench_ssl(
+        fractions: str = typer.Option("0.1,0.25", "--fractions", help="Comma-separated labelled fractions."),
+        seeds: int = typer.Option(3, "--seeds", min=1, help="Warm-ups (and branch sets) per fraction."),
+        rows: str = typer.Option(None, "--rows", help="Comma-separated rows (default: all; fsl is always run)."),
+        warmup_epochs: int = typer.Option(160, "--warmup-epochs", min=1, help="Warm-up maximum (8-step epochs)."),
+        branch_epochs: int = typer.Option(18, "--branch-epochs", min=2, help="Extra epochs of every branch."),
+        full: bool = typer.Option(False, "--full", help="GPU-sized data and model (hours on CPU)."),
+        overrides: list[str] = typer.Option([], "--set", help="Config override key=value for every run."),
+        workdir: Path = typer.Option(Path(".bench/ssl"), "--workdir", help="Phantoms, store, runs (resumable)."),
+        output: Path = typer.Option(Path("docs/benchmarks.md"), "--output", help="Benchmarks file to update."),
+        parallel: int = typer.Option(2, "--parallel", min=1, help="Runs trained at once (separate processes)."),
+        threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per run."),
+    ) -> None:
+        """Semi-supervision against labels alone, every method.
+
+        Semi-supervision vs labels alone on a branch protocol: per fraction and seed one supervised warm-up until
+        validation plateaus, then every method branches from it for the same steps; paired differences against fsl
+        with standard errors, pseudo-label accuracy against the hidden labels; writes the `ssl` section."""
+        from vertseg.bench.ssl import DEFAULT_ROWS, ROWS, Budget, run_ssl_bench
+
+        try:
+            chosen_fractions = [float(f) for f in fractions.split(",") if f.strip()]
+        except ValueError:
+            raise fail(f"--fractions takes comma-separated numbers in (0, 1), got {fractions!r}") from None
+        if not chosen_fractions or not all(0 < f < 1 for f in chosen_fractions):
+            raise fail(f"--fractions takes comma-separated numbers in (0, 1), got {fractions!r}")
+        chosen_rows = [r.strip() for r in rows.split(",") if r.strip()] if rows else DEFAULT_ROWS
+        unknown = [r for r in chosen_rows if r not in ROWS]
+        if unknown or not chosen_rows:
+            raise fail(f"--rows takes {', '.join(ROWS)}; unknown: {', '.join(unknown) or '(none given)'}")
+        from vertseg.config import ConfigError, load_config
+        from vertseg.steps import RESOURCES
+
+        try:
+            load_config(RESOURCES / "demo.yaml", overrides)
+        except ConfigError as error:
+            raise fail(str(error)) from None
+        path = run_ssl_bench(chosen_fractions, seeds, chosen_rows, Budget(warmup_epochs, branch_epochs), full, workdir,
+                             output, parallel, threads, echo=lambda line: console.print(line, highlight=False),
+                             extra=overrides)
+        console.print(f"wrote {path}", highlight=False)
+
     @bench_app.command("identification")
     def bench_identification(
         oracle: bool = typer.Option(False, "--oracle", help="Perfect network outputs built from the phantoms' ground truth."),
@@ -77,7 +124,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         workdir: Path = typer.Option(Path(".bench/identification"), "--workdir", help="Phantoms, store, predictions."),
         output: Path = typer.Option(Path("docs/benchmarks.md"), "--output", help="Benchmarks file to update."),
     ) -> None:
-        """Identification through the real inference path (localisation, sliding window, post-processing, writers,
+        """Identification from perfect network outputs.
+
+        Identification through the real inference path (localisation, sliding window, post-processing, writers,
         `vertseg evaluate`) from oracle network outputs; one-hot outputs must score 100 %."""
         from vertseg.bench.oracle import VARIANTS, last_line, render_rows, run_oracle_bench
         from vertseg.bench.report import markdown_table, write_section

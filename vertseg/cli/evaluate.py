@@ -59,7 +59,9 @@ def evaluate(
         help="Exit 0 even when predictions are missing or unreadable (they are still scored as empty).",
     ),
 ) -> None:
-    """Dice (binary, per vertebra, multilabel), paper Acc_ID (Eq. 15-17), VerSe id-rate, localisation distance,
+    """Score predictions against ground truth (VerSe metrics).
+
+    Dice (binary, per vertebra, multilabel), paper Acc_ID (Eq. 15-17), VerSe id-rate, localisation distance,
     Hausdorff and HD95. Missing or unreadable predictions are scored as empty and make the exit code 1."""
     from rich.progress import Progress
 
@@ -124,7 +126,9 @@ def bench_decoders(
     seed: int = typer.Option(0, "--seed"),
     bench_file: Path = typer.Option(Path("docs/benchmarks.md"), "--bench-file", help="Benchmarks file to update."),
 ) -> None:
-    """Per-decoder identification accuracy on sequences built from the real VerSe 2019 centroids."""
+    """Sequence decoders on real VerSe centroid sequences.
+
+    Per-decoder identification accuracy on sequences built from the real VerSe 2019 centroids."""
     from vertseg.bench.decoders import DECODERS, SCENARIOS, benchmark
     from vertseg.bench.report import markdown_table, write_section
 
@@ -166,7 +170,9 @@ def bench_real(
     workdir: Path = typer.Option(Path(".bench/real"), "--workdir", help="Predictions go to WORKDIR/NAME."),
     bench_file: Path = typer.Option(Path("docs/benchmarks.md"), "--out", help="Benchmarks file to update."),
 ) -> None:
-    """A model on real CT: `vertseg predict` on each real scan, scored as `vertseg evaluate` scores (binary and
+    """A model on real CT scans, scored as evaluate scores.
+
+    A model on real CT: `vertseg predict` on each real scan, scored as `vertseg evaluate` scores (binary and
     per-vertebra Dice, Acc_ID, id-rate, vertebrae found vs expected, seconds, QC images); unlabelled scans are
     smoke cases (spine found, nothing off the spine labelled). Writes the `real` section of docs/benchmarks.md."""
     from vertseg.bench.real import run_real_bench

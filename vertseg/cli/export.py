@@ -18,7 +18,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         torchscript: bool = typer.Option(False, "--torchscript", help="TorchScript (torch.jit.load)."),
         tolerance: float = typer.Option(1e-4, help="Largest allowed |exported - PyTorch| on the test patch."),
     ) -> None:
-        """Export the network inference uses (teacher/EMA weights) with a fixed (1, 1, *data.patch_size) input and
+        """Export the network to ONNX or TorchScript.
+
+        Export the network inference uses (teacher/EMA weights) with a fixed (1, 1, *data.patch_size) input and
         the run's config embedded; outputs foreground logits (+ identification logits). The file is written only
         if its outputs match PyTorch within --tolerance on a test patch."""
         from vertseg.inference.export import ExportError, export_model

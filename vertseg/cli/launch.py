@@ -11,7 +11,9 @@ import typer
 
 from vertseg.cli.common import console, fail
 
-SUBMIT_HELP = """Run `train`, `tune`, `preprocess` or `predict` as a Slurm job on a Ray cluster over the allocation.
+SUBMIT_HELP = """Run a vertseg command as a Slurm job.
+
+Runs `train`, `tune`, `preprocess` or `predict` as a Slurm job on a Ray cluster over the allocation.
 
 Put the vertseg command after `--`, e.g. `vertseg submit --nodes 2 --gpus-per-node 4 -- train --store s.zarr`.
 Training runs are named after the job, and a requeued job (preemption, time limit) resumes the same run.
@@ -87,7 +89,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         cases: int = typer.Option(2, min=1, help="Phantom scans to preprocess."),
         cpus: int = typer.Option(2, min=1, help="--cpus-per-task of the job."),
     ) -> None:
-        """Overhead of a Slurm job (queue, Ray start-up, teardown) relative to running the command directly."""
+        """Overhead of running a command as a Slurm job.
+
+        Overhead of a Slurm job (queue, Ray start-up, teardown) relative to running the command directly."""
         from vertseg.bench.slurm import run_slurm_bench
         from vertseg.launch.slurm import SlurmError
 
@@ -99,7 +103,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @app.command()
     def jobs() -> None:
-        """List your vertseg Slurm jobs with their state (finished ones from the controller or jobcomp file)."""
+        """List your vertseg Slurm jobs.
+
+        List your vertseg Slurm jobs with their state (finished ones from the controller or jobcomp file)."""
         from rich.console import Console
         from rich.table import Table
 

@@ -49,5 +49,19 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from vertseg import __version__
+
+        typer.echo(f"vertseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Semi-supervised vertebra segmentation and identification (C1-L5) in spine CT."""
+
+
 for _name in COMMAND_MODULES:
     importlib.import_module(f"vertseg.cli.{_name}").register(app, bench_app)

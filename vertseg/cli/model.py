@@ -20,7 +20,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         patch: str = typer.Option(None, "--patch", help="Patch ZxYxX for the FLOP count (default: data.patch_size)."),
         batch: int = typer.Option(1, "--batch", min=1),
     ) -> None:
-        """Parameters and forward FLOPs of the configured network and of each ablation variant (section 2.7.3)."""
+        """Parameters and FLOPs of the network and its variants.
+
+        Parameters and forward FLOPs of the configured network and of each ablation variant (section 2.7.3)."""
         settings = config_or_exit(config, overrides)
         size = tuple(settings.data.patch_size) if patch is None else _parse_patch(patch)
         from rich.console import Console
@@ -48,7 +50,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         overrides: list[str] = SetOption,
         quick: bool = typer.Option(False, "--quick", help="Fewer tokens, a 64x32x32 patch, fewer repeats (a few minutes on CPU)."),
     ) -> None:
-        """Mamba vs Transformer bottleneck scaling, scan backends vs the naive recurrence, ablation variant costs."""
+        """Mamba vs Transformer cost and the scan backends.
+
+        Mamba vs Transformer bottleneck scaling, scan backends vs the naive recurrence, ablation variant costs."""
         settings = config_or_exit(config, overrides)
         from vertseg.bench.model import run_model_bench
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vertseg.cli.common import ConfigOption, SetOption, config_or_exit, console, fail, writable_folder_problem
+from vertseg.cli.common import ConfigOption, config_or_exit, console, fail, writable_folder_problem
 
 
 def _build_predictor(checkpoint: Path | None, config_path: Path | None, overrides: list[str], random_weights: bool,
@@ -80,7 +80,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
         onnx: Path = typer.Option(None, "--onnx", help="An ONNX model from `vertseg export --onnx`, run by ONNX Runtime on CPU."),
         config: Path = ConfigOption,
-        overrides: list[str] = SetOption,
+        overrides: list[str] = typer.Option(None, "--set", "-s", help="Override an inference setting, e.g. --set "
+                                            "inference.overlap=0.5 (the model fixes every other section)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (or gpu) | mps (auto picks CUDA when present)."),
         statistics: bool = typer.Option(
             False, "--statistics",
@@ -93,7 +94,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "verse", "--labels", help="Numbering of the written labelmap: verse (1-28) | totalseg (TotalSegmentator v2 ids)."
         ),
         fast: bool = typer.Option(
-            False, "--fast", help="Faster inference (inference.FAST_OVERRIDES: window overlap 0.25, bone localisation)."
+            False, "--fast", help="Faster inference: window overlap 0.25 and bone-threshold localisation."
         ),
         tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (inference.mirror_axes)."),
         use_ray: bool = typer.Option(False, "--ray", help="Run cases in parallel on Ray (joins RAY_ADDRESS when set)."),
@@ -108,7 +109,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             help="DICOM series with uneven slice positions (a missing slice): resample onto a uniform grid instead of refusing.",
         ),
     ) -> None:
-        """Segment and identify the vertebrae of every input scan; outputs lie on each scan's original grid.
+        """Segment and name the vertebrae of CT scans.
+
+        Segment and identify the vertebrae of every input scan; outputs lie on each scan's original grid.
 
         `vertseg predict -i ct.nii.gz -o out/` or `vertseg predict scan1 scan2 -o out/`. Writes per case
         <case>_seg.nii.gz (VerSe labels, or TotalSegmentator ids with --labels totalseg) with <case>_seg.ctbl (3D Slicer)
@@ -118,7 +121,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from vertseg.inference.cases import collect_jobs
+        from vertseg.inference.cases import collect_jobs, unread_images
         from vertseg.inference.model_loading import CheckpointError
         from vertseg.inference.progress import CaseWindows
         from vertseg.inference.runner import predict_all, stage_line, write_summary
@@ -153,6 +156,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             console.print(f"no --checkpoint: using the default model {ref}", highlight=False)
         from vertseg.inference.config import FAST_OVERRIDES
 
+        foreign = [o for o in overrides or [] if not o.strip().startswith("inference.")]
+        if foreign and not random_weights and config is None:
+            raise fail(f"--set {foreign[0]}: predict takes inference.* settings only; the model fixes the data, model "
+                       "and training sections it was trained with")
         overrides = list(overrides or []) + (["inference.mirror_tta=true"] if tta else [])
         overrides += list(FAST_OVERRIDES) if fast else []
         try:
@@ -161,6 +168,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail(str(error)) from None
         if not jobs:
             raise fail(f"no scans found in {', '.join(map(str, inputs))}")
+        skipped = unread_images(inputs)
+        if skipped:
+            console.print(f"[yellow]note[/] {len(skipped)} NRRD/MetaImage file(s) inside input folders are not read "
+                          f"(e.g. {skipped[0]}); pass each as its own -i", highlight=False)
+        for job in jobs:
+            if job.renamed_from is not None:
+                console.print(f"[yellow]note[/] two inputs are named {job.renamed_from!r}: {job.origin} is written as "
+                              f"{job.case_id!r}", highlight=False)
         not_dicom = [job.origin for job in jobs if job.source is None or not Path(job.source.image).is_dir()]
         if output_type == "dicom-seg" and not_dicom:
             raise fail(f"--output-type dicom-seg needs DICOM series inputs to reference; not DICOM: {', '.join(not_dicom[:3])}")
@@ -211,8 +226,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
         quality_data: Path = typer.Option(None, "--quality-data", help="... on these labelled scans (`infer-quality` section)."),
     ) -> None:
-        """Seconds per case for a 512x512x300 phantom at 1 mm with the settings before issue 16, today's defaults
-        and --fast in one run (load average beside them), split load / localisation / sliding window /
+        """Inference seconds per case and peak memory.
+
+        Seconds per case for a 512x512x300 phantom at 1 mm with the earlier settings (network localisation,
+        overlap 0.5), the defaults and --fast in one run (load average beside them), split load / localisation / sliding window /
         post-processing / writing, and peak memory; writes the `infer` section of docs/benchmarks.md."""
         from vertseg.bench.infer import run_infer_bench, run_infer_quality, run_network_bench
 

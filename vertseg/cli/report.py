@@ -23,7 +23,9 @@ def report(
     ),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report back to the sweep's parent MLflow run."),
 ) -> None:
-    """Tables (Table 3/4/5 style) and figures (Fig. 2-5 style, per-level Dice) with their provenance."""
+    """Paper-style tables and figures from a sweep.
+
+    Tables (Table 3/4/5 style) and figures (Fig. 2-5 style, per-level Dice) with their provenance."""
     if bool(sweep) == bool(runs):
         raise fail("give exactly one of --sweep NAME or --runs ID...")
     from vertseg.reporting.collect import ReportError, from_runs, from_sweep

@@ -46,7 +46,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         first_id: int = typer.Option(None, help="Number of the first patient id (default 500 for verse20, else 1)."),
         overwrite: bool = typer.Option(False, help="Replace an earlier `vertseg synth` output in OUT."),
     ) -> None:
-        """Write synthetic spine CT phantoms (curved spine, C1-L5 + sacrum, ribs, soft tissue, noise; with --size ct
+        """Write synthetic spine CT phantoms with their masks.
+
+        Write synthetic spine CT phantoms (curved spine, C1-L5 + sacrum, ribs, soft tissue, noise; with --size ct
         the whole body of a clinical CT) with masks and vertebral-body centroid JSON in a real dataset layout. A
         `synth.json` at the root records the ground truth."""
         import time

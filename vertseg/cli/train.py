@@ -41,7 +41,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                  "from the best checkpoint, log full-volume metrics to the MLflow run and print them.",
         ),
     ) -> None:
-        """Train on a store: single process (--cpu-workers 0) or Ray Train DDP on N GPUs / CPU workers."""
+        """Train a model on a store (one process or Ray DDP).
+
+        Train on a store: single process (--cpu-workers 0) or Ray Train DDP on N GPUs / CPU workers."""
         if gpus is not None and cpu_workers is not None:
             raise fail("give either --gpus or --cpu-workers, not both")
         settings = config_or_exit(config, overrides)
@@ -78,11 +80,29 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                   init_from=init_from, volume_validation=partial(volume_validator, Path(store).resolve()))
         except (RunExistsError, RunMismatchError, FileNotFoundError, CheckpointError, ValueError) as error:
             raise fail(str(error)) from None
+        except Exception as error:  # noqa: BLE001 - Ray wraps a worker's error in its own types
+            cause = _non_finite_cause(error)
+            if cause is None:
+                raise
+            raise fail(f"training stopped on non-finite numbers: {cause}. The last good checkpoint is kept in "
+                       f"{out / run_name}; resume from it with a lower train.optim.lr (--set) or check the data",
+                       code=1) from None
         state = "stopped (resume with --resume)" if result.interrupted else "finished"
         console.print(f"{state} after {result.epochs} epochs; best {result.best_metrics and {k: round(v, 4) for k, v in result.best_metrics.items() if k.startswith('val_')}}; "
                       f"checkpoint {result.checkpoint_path}; MLflow run {result.mlflow_run_id}", highlight=False)
         if evaluate and not result.interrupted:
             _evaluate_run(result, store, evaluate, mlflow_uri, out)
+
+    def _non_finite_cause(error: BaseException) -> BaseException | None:
+        """The NonFiniteLossError behind `error` (raised directly, or wrapped by Ray Train), else None."""
+        from vertseg.training.trainer import NonFiniteLossError
+
+        seen = error
+        while seen is not None:
+            if isinstance(seen, NonFiniteLossError):
+                return seen
+            seen = seen.__cause__ or seen.__context__
+        return None
 
     def _evaluate_run(result, store: Path, split: str, mlflow_uri: str | None, out: Path) -> None:
         """Full-volume held-out metrics of the best checkpoint, logged to the training's MLflow run."""
@@ -114,7 +134,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick", help="Smaller patches and fewer steps (a minute on a laptop)."),
         steps: int = typer.Option(None, help="Timed steps per method."),
     ) -> None:
-        """Step time and peak memory per method relative to fsl; augmentation throughput vs the step rate."""
+        """Training step time and memory per method.
+
+        Step time and peak memory per method relative to fsl; augmentation throughput vs the step rate."""
         from vertseg.bench.train import run_train_bench
 
         path = run_train_bench(quick=quick, steps=steps)
@@ -124,7 +146,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_scale(
         quick: bool = typer.Option(False, "--quick", help="Tiny model and patches (a few minutes on 2 cores)."),
     ) -> None:
-        """Samples/s with 1 vs 2 CPU workers, loader patch rate vs consumption, one-GPU throughput when present."""
+        """Distributed training throughput.
+
+        Samples/s with 1 vs 2 CPU workers, loader patch rate vs consumption, one-GPU throughput when present."""
         from vertseg.bench.scale import run_scale_bench
 
         path = run_scale_bench(quick=quick)

@@ -23,7 +23,9 @@ def tune(
     address: str = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://...); default local."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the trials, run nothing."),
 ) -> None:
-    """Run an ablation sweep: every trial validated first, then trained on Ray, tracked under one MLflow parent."""
+    """Run an ablation sweep on Ray Tune with MLflow.
+
+    Run an ablation sweep: every trial validated first, then trained on Ray, tracked under one MLflow parent."""
     from vertseg.tuning.sweep import SweepError, plan_sweep
 
     try:

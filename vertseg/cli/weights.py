@@ -11,8 +11,8 @@ from vertseg.cli.common import console, fail
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     weights_app = typer.Typer(
-        help="Local registry of versioned checkpoints (sha256 + config) in $VERTSEG_HOME/weights or the user cache; "
-             "`vertseg predict` without --checkpoint uses its default model.",
+        help="Manage the local registry of trained models.\n\nVersioned checkpoints (sha256 + config) in "
+             "$VERTSEG_HOME/weights or the user cache; `vertseg predict` without --checkpoint uses its default model.",
         no_args_is_help=True,
     )
     app.add_typer(weights_app, name="weights")
@@ -50,7 +50,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         sha256: str = typer.Option(None, "--sha256", help="Expected SHA-256; required for downloads, checked for files."),
         default: bool = typer.Option(False, "--default", help="Make it the default model (the first import always is)."),
     ) -> None:
-        """Fetch a checkpoint (verified against --sha256), check it loads, and register it as NAME@VERSION."""
+        """Fetch, verify and register a checkpoint.
+
+        Fetch a checkpoint (verified against --sha256), check it loads, and register it as NAME@VERSION."""
         from vertseg.weights import FetchError, Registry, RegistryError
 
         registry = Registry()
@@ -68,7 +70,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         slim: bool = typer.Option(False, "--slim", help="Only what inference needs (deployed weights, config, "
                                   "scores): no optimiser or training state, a third of the size."),
     ) -> None:
-        """Copy a registered checkpoint out (to share it) with its sha256, checked against the registry first."""
+        """Copy a registered checkpoint out, with its sha256.
+
+        Copy a registered checkpoint out (to share it) with its sha256, checked against the registry first."""
         from vertseg.weights import Registry, RegistryError, sha256_of
 
         try:
@@ -79,7 +83,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @weights_app.command("default")
     def default_weights(ref: str = typer.Argument(..., help="NAME@VERSION or NAME (newest).")) -> None:
-        """Choose the model `vertseg predict` uses when --checkpoint is omitted."""
+        """Choose the model `vertseg predict` uses.
+
+        Choose the model `vertseg predict` uses when --checkpoint is omitted."""
         from vertseg.weights import Registry, RegistryError
 
         try:

@@ -22,6 +22,16 @@ class UnsupportedLayout(ValueError):
     """The array is valid Zarr but not the sharded blosc layout this reader understands."""
 
 
+class DamagedShard(ValueError):
+    """A shard file the store wrote is missing, has another size, or does not decode (Zarr would read fill values)."""
+
+
+def shard_sizes(path: Path | str) -> dict[str, int]:
+    """{shard key ("0/1/0"): size in bytes} of every shard file of an array, as written."""
+    root = Path(path) / "c"
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _blosc_decompress(data, out: np.ndarray) -> None:
     from numcodecs import blosc
 
@@ -31,8 +41,11 @@ def _blosc_decompress(data, out: np.ndarray) -> None:
 class ShardedArrayReader:
     """Read (z, y, x) windows of one sharded Zarr v3 array; keeps up to `max_open` shards memory-mapped."""
 
-    def __init__(self, path: Path | str, max_open: int = 64) -> None:
+    def __init__(self, path: Path | str, max_open: int = 64, expected: dict[str, int] | None = None) -> None:
+        """`expected`: the shard sizes recorded when the array was written (`shard_sizes`); with them a missing,
+        resized or undecodable shard is a `DamagedShard` error instead of a window of fill values."""
         self.path = Path(path)
+        self.expected = expected
         meta = json.loads((self.path / "zarr.json").read_text())
         codecs = meta.get("codecs", [])
         if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
@@ -64,8 +77,11 @@ class ShardedArrayReader:
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key]
-        path = self.path / "c" / "/".join(map(str, key))
+        name = "/".join(map(str, key))
+        path = self.path / "c" / name
         entry = None
+        if self.expected is not None:
+            self._check(path, name)
         if path.exists():
             with open(path, "rb") as handle:
                 mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -76,6 +92,15 @@ class ShardedArrayReader:
         if len(self._open) > self._max_open:
             self._open.popitem(last=False)
         return entry
+
+    def _check(self, path: Path, name: str) -> None:
+        size = path.stat().st_size if path.exists() else None
+        if size == self.expected.get(name):
+            return
+        if name not in self.expected:
+            raise DamagedShard(f"shard {name} of {self.path} was not written with the case (store edited by hand?)")
+        what = "is missing" if size is None else f"has {size} bytes, {self.expected[name]} were written"
+        raise DamagedShard(f"shard {name} of {self.path} {what}")
 
     def read(self, window: tuple[slice, ...]) -> np.ndarray:
         """The array under `window` (slices with non-negative start/stop inside the shape, step 1)."""
@@ -106,7 +131,10 @@ class ShardedArrayReader:
             if offset != _EMPTY:
                 raw = mapped[offset: offset + nbytes]
                 if self.compressed:
-                    _blosc_decompress(raw, self._buffer)
+                    try:
+                        _blosc_decompress(raw, self._buffer)
+                    except Exception as error:  # noqa: BLE001 - numcodecs raises RuntimeError / ValueError
+                        raise DamagedShard(f"chunk {index} of {self.path} does not decode ({error})") from None
                 else:
                     self._buffer[...] = np.frombuffer(raw, self.dtype).reshape(self.chunk)
                 return self._buffer

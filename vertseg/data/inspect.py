@@ -39,6 +39,7 @@ def describe_case(store: VertStore, case_id: str) -> dict[str, Any]:
         "original_spacing_xyz": [round(v, 4) for v in original["spacing_xyz"]],
         "spine_box_zyx": attrs["spine_box_zyx"],
         "labels": rows,
+        "problems": store.shard_problems(case_id),
     }
 
 

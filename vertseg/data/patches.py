@@ -54,6 +54,11 @@ class PatchReader:
         self.class_lut = self.protocol.class_lut(config.transitional_policy)
         self._centroids: dict[str, np.ndarray] = {}
 
+    def _classes(self, case_id: str, src: tuple[slice, ...], dst: tuple[slice, ...]) -> np.ndarray:
+        verse = np.zeros(self.size, np.uint8)
+        verse[dst] = self.store.read_labels(case_id, src)
+        return self.class_lut[verse].astype(np.int64)
+
     def _class_centroids(self, case_id: str) -> np.ndarray:
         """(K, 3) store-voxel centroids per class; a directly mapped label wins over a merged one (L6 -> L5)."""
         if case_id not in self._centroids:
@@ -67,17 +72,21 @@ class PatchReader:
             self._centroids[case_id] = table
         return self._centroids[case_id]
 
-    def read(self, case_id: str, start: np.ndarray, labeled: bool) -> dict[str, Any]:
+    def read(self, case_id: str, start: np.ndarray, labeled: bool, hidden: bool = False) -> dict[str, Any]:
+        """One patch; `hidden` adds `hidden_labels` to an unlabelled patch: its class indices when the scan has
+        labels held back (`train.labeled_fraction`), else -1 everywhere. They judge pseudo-labels, never train."""
         shape = self.store.shape(case_id)
         src, dst = window_slices(start, self.size, shape)
         image = np.zeros(self.size, np.float32)
         image[dst] = self.store.read_image(case_id, src)
         sample: dict[str, Any] = {"image": torch.from_numpy(image)[None], "case_id": case_id, "start": torch.as_tensor(start)}
         if not labeled:
+            if hidden:
+                known = self.store.is_labeled(case_id)
+                sample["hidden_labels"] = torch.from_numpy(self._classes(case_id, src, dst) if known
+                                                           else np.full(self.size, -1, np.int64))
             return sample
-        verse = np.zeros(self.size, np.uint8)
-        verse[dst] = self.store.read_labels(case_id, src)
-        classes = self.class_lut[verse].astype(np.int64)
+        classes = self._classes(case_id, src, dst)
         centroids = self._class_centroids(case_id) - np.asarray(start, float)
         outside = np.any((centroids < -0.5) | (centroids > np.asarray(self.size) - 0.5), axis=1)
         centroids[outside] = np.nan
@@ -107,11 +116,12 @@ class RandomPatches(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         case_ids: list[str] | None = None,
+        hidden_labels: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.store_path, self.config, self.pool = Path(store_path), config, pool
-        self.labeled = pool == "labeled"
+        self.labeled, self.hidden_labels = pool == "labeled", hidden_labels
         store = VertStore(self.store_path, config.hu_window)
         self.case_ids = list(case_ids) if case_ids is not None else store.cases(split=split, pool=pool)
         if not self.case_ids:
@@ -144,7 +154,7 @@ class RandomPatches(IterableDataset):
         per_rank = len(self) * self.world_size
         for index in range(shard, per_rank, shards):
             case_id = self.case_ids[order[index]]
-            yield self._reader.read(case_id, self._random_start(case_id, rng), self.labeled)
+            yield self._reader.read(case_id, self._random_start(case_id, rng), self.labeled, self.hidden_labels)
 
     def _random_start(self, case_id: str, rng: np.random.Generator) -> np.ndarray:
         store, size = self._reader.store, self._reader.size

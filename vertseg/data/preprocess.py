@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from vertseg.data.config import DataConfig
 from vertseg.data.errors import CaseError
 from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry, apply_affine, case_geometry, resample_to_grid, world_to_index
-from vertseg.data.store import read_case_attrs, settings_hash, write_case
+from vertseg.data.store import read_case_attrs, settings_hash, shard_problems, write_case
 from vertseg.data.types import Case, CaseSource
 from vertseg.labels import MAX_VERSE_LABEL, PROTOCOLS, apply_policy
 
@@ -198,7 +198,8 @@ def preprocess_case(
         pool = resolve_pool(source, pool_choice)
         digest = source_hash(source, config, pool)
         existing = read_case_attrs(Path(root), source.case_id)
-        if not overwrite and existing is not None and existing.get("source_hash") == digest:
+        intact = existing is not None and not shard_problems(Path(root), source.case_id, existing)
+        if not overwrite and intact and existing.get("source_hash") == digest:
             result["status"] = "skipped"
         else:
             prepared = prepare_case(load_case(source), config, pool)

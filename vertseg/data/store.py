@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from vertseg.data.case_ids import case_id_problem, check_case_id
-from vertseg.data.chunks import ShardedArrayReader, UnsupportedLayout
+from vertseg.data.chunks import DamagedShard, ShardedArrayReader, UnsupportedLayout, shard_sizes
 from vertseg.data.config import DataConfig
 from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry
 from vertseg.io import atomic_path, atomic_write_json, path_under
@@ -128,7 +128,22 @@ def write_case(
                 dimension_names=("z", "y", "x"),
             )
         group.create_array("fg", data=foreground.astype(np.int32), chunks=(max(1, len(foreground)), 4), compressors=None)
-        group.attrs.update(_jsonable({**attrs, "complete": True}))
+        shards = {name: shard_sizes(tmp / name) for name in arrays}  # reads check them: a lost shard is an error
+        group.attrs.update(_jsonable({**attrs, "shards": shards, "complete": True}))
+
+
+def shard_problems(root: Path, case_id: str, attrs: dict[str, Any]) -> list[str]:
+    """Shards of a case that are missing, resized or unexpected against the sizes recorded at write time (file
+    sizes only, no data read). Cases written before shard records: nothing to check."""
+    problems = []
+    for name, expected in attrs.get("shards", {}).items():
+        found = shard_sizes(case_path(root, case_id) / name)
+        for key in sorted(set(expected) | set(found)):
+            if expected.get(key) != found.get(key):
+                what = ("is missing" if key not in found else "was not written with the case" if key not in expected
+                        else f"has {found[key]} bytes, {expected[key]} were written")
+                problems.append(f"{name} shard {key} {what}")
+    return problems
 
 
 def _jsonable(value: Any) -> Any:
@@ -256,14 +271,22 @@ class VertStore:
         """Read through the lean shard reader; arrays of another layout fall back to zarr-python."""
         key = (case_id, f"{name}:reader")
         if key not in self._arrays:
+            expected = self.attrs(case_id).get("shards", {}).get(name)  # stores written before shard records: None
             try:
-                self._arrays[key] = ShardedArrayReader(case_path(self.root, case_id) / name)
+                self._arrays[key] = ShardedArrayReader(case_path(self.root, case_id) / name, expected=expected)
             except UnsupportedLayout:
                 self._arrays[key] = None
         reader = self._arrays[key]
         if reader is None:
             return self._array(case_id, name)[window or ...]
-        return reader.read(window or ())
+        try:
+            return reader.read(window or ())
+        except DamagedShard as error:
+            raise StoreError(f"case {case_id!r}, array {name!r}: {error}; run `vertseg preprocess` again for this "
+                             "case (it rewrites only missing or changed cases)") from None
+
+    def shard_problems(self, case_id: str) -> list[str]:
+        return shard_problems(self.root, case_id, self.attrs(case_id))
 
     def shape(self, case_id: str) -> tuple[int, int, int]:
         return tuple(self.attrs(case_id)["shape_zyx"])

@@ -31,6 +31,7 @@ from vertseg.data.integrity import nifti_problem
 from vertseg.data.readers import discover_cases, load_case
 from vertseg.data.readers.files import NIFTI_SUFFIXES, nifti_stem
 from vertseg.data.readers.geometry import affine_ras, lps_to_voxel, same_grid
+from vertseg.data.readers.label_formats import convert_mask_values, header_label_table, structure_files
 from vertseg.data.readers.load import read_centroids_lps
 from vertseg.data.types import CaseSource
 from vertseg.evaluation.case import CaseMetrics, EvalSettings, evaluate_arrays, summarise
@@ -88,14 +89,33 @@ class Pairing:
     unmatched: list[str] = field(default_factory=list)  # predictions without ground truth
 
 
+def mask_only_source(path: Path, label_format: str | None) -> CaseSource | None:
+    """`--gt` naming the mask itself: one labelmap file (any numbering the readers know, by its header table or
+    `label_format`) or one folder of per-structure files (TotalSegmentator's `segmentations/`); None otherwise."""
+    path = Path(path)
+    if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
+        stem = nifti_stem(path)
+        case_id = next((stem[: -len(s)] for s in ("_seg", "_seg-vert_msk", "_msk", "_mask") if stem.endswith(s)), stem)
+        return CaseSource(case_id, case_id, "mask", "", None, mask=path, label_format=label_format or "verse")
+    if path.is_dir() and structure_files(path) and not any(p.is_dir() for p in path.iterdir()):
+        return CaseSource(path.name, path.name, "mask", "", None, mask=path, label_format="structures")
+    return None
+
+
 def pair_cases(pred_dir: Path, gt: list[Path], dataset: str | None = None, label_format: str | None = None) -> Pairing:
     predictions = find_predictions(pred_dir)
-    sources = [s for s in discover_cases(gt, dataset, label_format) if s.mask is not None]
+    masks = {Path(p): mask_only_source(p, label_format) for p in gt}
+    folders = [p for p, source in masks.items() if source is None]
+    sources = [s for s in masks.values() if s is not None]
+    sources += [s for s in discover_cases(folders, dataset, label_format) if s.mask is not None] if folders else []
     if not sources:
         raise ValueError(f"{', '.join(map(str, gt))}: no labelled ground-truth cases found")
     pairing, used = Pairing(), set()
+    lone = len(sources) == 1 and len(predictions) == 1  # one mask, one prediction: they belong together by name or not
     for source in sources:
         match = next((predictions[k] for k in _keys(source) if k in predictions), None)
+        if match is None and lone:
+            match = next(iter(predictions.values()))
         pairing.pairs.append((source, match))
         if match is not None:
             used.add(match.case_id)
@@ -124,8 +144,15 @@ def _read_prediction(path: Path):
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise CaseError(path, f"prediction must be a 3D scalar labelmap, got {image.GetDimension()}D")
     values = sitk.GetArrayViewFromImage(image)
-    if values.size and (values.min() < 0 or values.max() > MAX_VERSE_LABEL or not np.array_equal(values, np.round(values))):
-        raise CaseError(path, f"prediction values must be VerSe labels 0..{MAX_VERSE_LABEL}")
+    if values.size and not np.array_equal(values, np.round(values)):
+        raise CaseError(path, "prediction values must be integer labels")
+    if header_label_table(path) is not None:  # `vertseg predict --labels totalseg`, TotalSegmentator --ml: by name
+        verse = sitk.GetImageFromArray(convert_mask_values(path, np.asarray(values).astype(np.int64), "verse"))
+        verse.CopyInformation(image)
+        return verse
+    if values.size and (values.min() < 0 or values.max() > MAX_VERSE_LABEL):
+        raise CaseError(path, f"prediction values must be VerSe labels 0..{MAX_VERSE_LABEL} (or carry a label table "
+                              "in the NIfTI header, as `vertseg predict --labels totalseg` writes)")
     return sitk.Cast(image, sitk.sitkUInt8)
 
 

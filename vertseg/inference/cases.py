@@ -30,6 +30,7 @@ class PredictJob:
     case_id: str
     source: CaseSource | None = None
     store: Path | None = None
+    renamed_from: str | None = None  # another input already had this name: the case was given a suffix
 
     def __post_init__(self) -> None:
         check_case_id(self.case_id, self.origin)
@@ -108,8 +109,22 @@ def collect_jobs(inputs: list[Path], split: str | None = None, unpack_dir: Path 
     for job in jobs:
         count = seen.get(job.case_id, 0)
         seen[job.case_id] = count + 1
-        unique.append(job if count == 0 else PredictJob(f"{job.case_id}_{count + 1}", job.source, job.store))
+        unique.append(job if count == 0 else PredictJob(f"{job.case_id}_{count + 1}", job.source, job.store,
+                                                        renamed_from=job.case_id))
     return unique
+
+
+OTHER_IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # read as single-file inputs, not inside folders
+
+
+def unread_images(inputs: list[Path]) -> list[Path]:
+    """NRRD / MetaImage files inside folder inputs: folders are searched for NIfTI and DICOM only, so these would be
+    skipped without a word; the CLI names them."""
+    found = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(OTHER_IMAGE_SUFFIXES))
+    return found
 
 
 def scan_from_image(job: PredictJob, image: sitk.Image, spacing_mm: float, hu_window: tuple[float, float],

@@ -25,7 +25,8 @@ from vertseg.inference.config import LabelResampling
 from vertseg.inference.localisation import SpineBox
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.qc import write_qc
-from vertseg.inference.writers import OutputOptions, Vertebra, vertebrae_on_grid, write_case_outputs
+from vertseg.inference.vertebrae import Vertebra, vertebrae_on_grid
+from vertseg.inference.writers import OutputOptions, write_case_outputs
 from vertseg.io import atomic_write_json, locked, path_under
 from vertseg.labels import PROTOCOLS
 from vertseg.postprocess.assign import labelmap_from_predictions

@@ -18,12 +18,12 @@ import numpy as np
 from scipy import ndimage
 
 from vertseg.inference.centroids import label_centres
-from vertseg.inference.writers import Vertebra
+from vertseg.inference.vertebrae import Vertebra
 from vertseg.labels import VERSE_NAMES
 
 BODY_RADIUS_FRACTION = 0.4
 STATISTICS_FIELDS = (
-    "label", "name", "volume_ml", "hu_mean_body", "hu_median_body", "body_voxels",
+    "label", "map_value", "name", "volume_ml", "hu_mean_body", "hu_median_body", "body_voxels",
     "centroid_ras_x", "centroid_ras_y", "centroid_ras_z", "confidence", "touches_border",
 )
 

@@ -19,18 +19,15 @@ import SimpleITK as sitk
 
 from vertseg.data.readers.centroids import write_centroids_json
 from vertseg.data.readers.files import is_nifti
-from vertseg.data.readers.geometry import affine_lps, axcodes
+from vertseg.data.readers.geometry import axcodes
+from vertseg.data.readers.label_formats import label_table_extension
 from vertseg.io import atomic_path, atomic_write_json, atomic_write_text
-from vertseg.labels import LABEL_FORMATS, VERSE_NAMES, region_of
+from vertseg.inference.statistics import BODY_RADIUS_FRACTION, STATISTICS_FIELDS
+from vertseg.inference.vertebrae import VERTEBRA_FIELDS, Vertebra
+from vertseg.labels import LABEL_FORMATS, VERSE_NAMES
 
 if TYPE_CHECKING:
     from vertseg.inference.cases import LoadedScan
-
-VERTEBRA_FIELDS = (
-    "label", "name", "region", "voxels", "volume_ml", "confidence",
-    "centroid_x", "centroid_y", "centroid_z", "centroid_lps_x", "centroid_lps_y", "centroid_lps_z",
-)
-
 
 @dataclass(frozen=True)
 class OutputOptions:
@@ -53,61 +50,11 @@ class OutputOptions:
         return names
 
 
-@dataclass(frozen=True)
-class Vertebra:
-    """One predicted vertebra; the centroid is a continuous voxel index (i, j, k) of the original image."""
-
-    label: int
-    voxels: int
-    volume_ml: float
-    confidence: float
-    centroid_ijk: tuple[float, float, float]
-    centroid_lps: tuple[float, float, float]
-
-    def row(self) -> dict:
-        return {
-            "label": self.label,
-            "name": VERSE_NAMES[self.label],
-            "region": region_of(self.label) or "",
-            "voxels": self.voxels,
-            "volume_ml": round(self.volume_ml, 3),
-            "confidence": None if np.isnan(self.confidence) else round(self.confidence, 4),
-            **{f"centroid_{a}": round(v, 2) for a, v in zip("xyz", self.centroid_ijk)},
-            **{f"centroid_lps_{a}": round(v, 2) for a, v in zip("xyz", self.centroid_lps)},
-        }
-
-
-def vertebrae_on_grid(
-    labelmap_zyx: np.ndarray, image: sitk.Image, confidence: dict[int, float], centroids_lps: dict[int, np.ndarray]
-) -> list[Vertebra]:
-    """Volume of every label of an original-grid labelmap (no per-voxel loop) with its predicted body centroid
-    (`centroids_lps`, LPS mm; the label's centre of mass where none is given)."""
-    flat = labelmap_zyx.ravel().astype(np.int64)
-    counts = np.bincount(flat, minlength=256)
-    present = [int(k) for k in np.flatnonzero(counts) if k > 0]
-    if not present:
-        return []
-    nonzero = np.flatnonzero(flat)
-    ids = flat[nonzero]
-    zyx = np.unravel_index(nonzero, labelmap_zyx.shape)
-    means = [np.bincount(ids, weights=c.astype(np.float64), minlength=256) / np.maximum(counts, 1) for c in zyx]
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    affine = affine_lps(image)
-    out = []
-    for label in present:
-        if label in centroids_lps:
-            lps = np.asarray(centroids_lps[label], dtype=np.float64)
-            ijk = np.linalg.solve(affine[:3, :3], lps - affine[:3, 3])
-        else:
-            ijk = np.array([means[2][label], means[1][label], means[0][label]])
-            lps = affine[:3, :3] @ ijk + affine[:3, 3]
-        out.append(Vertebra(label, int(counts[label]), counts[label] * voxel_ml, float(confidence.get(label, np.nan)),
-                            tuple(float(v) for v in ijk), tuple(float(v) for v in lps)))
-    return out
-
-
-def write_labelmap(path: Path, labelmap_zyx: np.ndarray, image: sitk.Image, source: Path | None) -> None:
-    """uint8 VerSe labelmap with the input's geometry: the NIfTI header itself when the input is a NIfTI file."""
+def write_labelmap(path: Path, labelmap_zyx: np.ndarray, image: sitk.Image, source: Path | None,
+                   table: dict[int, str] | None = None) -> None:
+    """uint8 labelmap with the input's geometry: the NIfTI header itself when the input is a NIfTI file. `table`
+    ({value: structure name}) goes into the header as the label-table extension TotalSegmentator writes, so the
+    file names its own values (vertseg evaluate, TotalSegmentator's tools and viewers read it)."""
     labelmap_zyx = np.ascontiguousarray(labelmap_zyx, dtype=np.uint8)
     if tuple(labelmap_zyx.shape[::-1]) != tuple(image.GetSize()):
         raise ValueError(f"labelmap shape {labelmap_zyx.shape} does not match the image size {image.GetSize()} (x, y, z)")
@@ -120,11 +67,18 @@ def write_labelmap(path: Path, labelmap_zyx: np.ndarray, image: sitk.Image, sour
             out = nib.Nifti1Image(labelmap_zyx.transpose(2, 1, 0), original.affine, header)
             out.set_qform(original.get_qform(), int(original.header["qform_code"]))
             out.set_sform(original.get_sform(), int(original.header["sform_code"]))
-            nib.save(out, str(tmp))
+            out.header.extensions.clear()
         else:
             label_image = sitk.GetImageFromArray(labelmap_zyx)
             label_image.CopyInformation(image)
             sitk.WriteImage(label_image, str(tmp), useCompression=True)
+            if table is None:
+                return
+            out = nib.load(str(tmp))
+            out = nib.Nifti1Image(np.asarray(out.dataobj), out.affine, out.header)
+        if table is not None:
+            out.header.extensions.append(nib.nifti1.Nifti1Extension(0, label_table_extension(table)))
+        nib.save(out, str(tmp))
 
 
 def write_centroids(path: Path, vertebrae: list[Vertebra], image: sitk.Image) -> None:
@@ -132,8 +86,11 @@ def write_centroids(path: Path, vertebrae: list[Vertebra], image: sitk.Image) ->
     write_centroids_json(path, {v.label: v.centroid_ijk for v in vertebrae}, axcodes(image))
 
 
-def write_vertebra_tables(json_path: Path, csv_path: Path, vertebrae: list[Vertebra], extra: dict) -> None:
-    write_rows(json_path, csv_path, [v.row() for v in vertebrae], VERTEBRA_FIELDS, extra)
+def write_vertebra_tables(json_path: Path, csv_path: Path, vertebrae: list[Vertebra], extra: dict,
+                          numbering: "LabelNumbering | None" = None) -> None:
+    numbering = numbering or LabelNumbering.of("verse")
+    rows = [{**v.row(), "map_value": numbering.value(v.label)} for v in vertebrae]
+    write_rows(json_path, csv_path, rows, VERTEBRA_FIELDS, {**extra, "labelmap_numbering": numbering.name})
 
 
 def write_rows(json_path: Path, csv_path: Path, rows: list[dict], fields: tuple[str, ...], extra: dict) -> None:
@@ -144,6 +101,29 @@ def write_rows(json_path: Path, csv_path: Path, rows: list[dict], fields: tuple[
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(csv_path, buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class LabelNumbering:
+    """How the written labelmap numbers vertebrae (`--labels`): VerSe 1-28 or TotalSegmentator v2 ids, with the
+    names its header table carries. Tables and statistics keep the VerSe `label` and add the labelmap's value
+    (`map_value`), so every row can be found in the file."""
+
+    name: str
+    lut: np.ndarray  # VerSe label -> written value
+    structures: dict[int, str]  # written value -> structure name
+
+    @classmethod
+    def of(cls, labels: str) -> "LabelNumbering":
+        fmt = LABEL_FORMATS["verse" if labels == "verse" else "totalseg_v2"]
+        return cls(fmt.name, fmt.from_verse_lut() if labels != "verse" else np.arange(256, dtype=np.uint8),
+                   fmt.structures)
+
+    def value(self, label: int) -> int:
+        return int(self.lut[label])
+
+    def table(self, exported: np.ndarray) -> dict[int, str]:
+        return {int(v): self.structures[int(v)] for v in np.unique(exported) if v and int(v) in self.structures}
 
 
 def export_labels(labelmap_zyx: np.ndarray, labels: str) -> tuple[np.ndarray, list[str]]:
@@ -159,6 +139,7 @@ def write_case_outputs(paths: dict[str, Path], scan: LoadedScan, labelmap_zyx: n
                        extra: dict, options: OutputOptions, statistics: list[dict] | None) -> list[str]:
     """Every file of one case except the QC image; returns notes for the case record."""
     notes: list[str] = []
+    numbering = LabelNumbering.of(options.labels if options.output_type == "nifti" else "verse")
     if options.output_type == "dicom-seg":
         from vertseg.inference.dicom_seg import series_files, write_dicom_seg
 
@@ -170,16 +151,16 @@ def write_case_outputs(paths: dict[str, Path], scan: LoadedScan, labelmap_zyx: n
         from vertseg.inference.colour_tables import write_colour_tables
 
         exported, notes = export_labels(labelmap_zyx, options.labels)
-        write_labelmap(paths["seg"], exported, scan.reference, scan.nifti_source)
+        write_labelmap(paths["seg"], exported, scan.reference, scan.nifti_source, numbering.table(exported))
         write_colour_tables(paths["slicer_colour_table"], paths["itksnap_labels"], options.labels)
     write_centroids(paths["ctd"], vertebrae, scan.reference)
-    write_vertebra_tables(paths["vertebrae_json"], paths["vertebrae_csv"], vertebrae, extra)
+    write_vertebra_tables(paths["vertebrae_json"], paths["vertebrae_csv"], vertebrae, extra, numbering)
     if statistics is not None:
-        from vertseg.inference.statistics import STATISTICS_FIELDS, BODY_RADIUS_FRACTION
-
         about = {"case_id": extra["case_id"], "input": extra["input"],
                  "body_region": f"label voxels within {BODY_RADIUS_FRACTION} x the equivalent-sphere radius of the "
                                 "vertebra around its body centroid, HU on the 1 mm store frame",
                  "centroid_frame": "RAS mm"}
-        write_rows(paths["statistics_json"], paths["statistics_csv"], statistics, STATISTICS_FIELDS, about)
+        rows = [{**row, "map_value": numbering.value(row["label"])} for row in statistics]
+        write_rows(paths["statistics_json"], paths["statistics_csv"], rows, STATISTICS_FIELDS,
+                   {**about, "labelmap_numbering": numbering.name})
     return notes

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy.special import expit
 
 from vertseg.labels import L6, T13, Protocol, anatomical_rank
 
@@ -144,13 +145,13 @@ def split_probabilities(centroids_mm: np.ndarray, volumes: np.ndarray) -> np.nda
     ratio = _step_ratios(centroids_mm)
     if ratio.size < 2:
         return np.full(ratio.size, 1e-4)
-    by_step = 1.0 / (1.0 + np.exp(15.0 * (ratio - 0.5)))
+    by_step = expit(-15.0 * (ratio - 0.5))
     volumes = np.asarray(volumes, dtype=np.float64)
     share = np.ones_like(volumes)
     for i in range(1, volumes.size - 1):
         others = np.r_[volumes[max(0, i - 2):i], volumes[i + 1:i + 3]]
         share[i] = volumes[i] / max(float(np.median(others)), 1e-9)
-    small = 1.0 / (1.0 + np.exp(15.0 * (share - 0.4)))
+    small = expit(-15.0 * (share - 0.4))  # no overflow for a huge share
     by_size = np.maximum(small[:-1], small[1:])
     return np.clip(np.maximum(by_step, by_size), 1e-4, 1 - 1e-4)
 

@@ -112,6 +112,18 @@ class MethodConfig(ConfigModel):
     unimatch_feature_dropout: float = Field(0.5, ge=0, lt=1)  # UniMatch (Yang et al. 2023): feature dropout rate
 
 
+class SslConfig(ConfigModel):
+    """How the teacher's identification pseudo-labels are made (Eq. 11-12). The defaults are the paper's Eq. 9-13 as
+    written; each switch is one measured deviation (docs/training.md, `vertseg bench ssl`)."""
+
+    ready_acc_id: float = Field(0.0, ge=0, le=1)  # not in the paper: class term waits until validation Acc_ID >= this (0 = starts at e_cons)
+    pseudo_labels: Literal["argmax", "sequence"] = "argmax"  # Eq. 11: per-position argmax; "sequence" = decoded by post-processing
+    class_thresholds: Literal["global", "adaptive"] = "global"  # Eq. 12: one tau_cls; "adaptive" scales it per class (FreeMatch)
+    distribution_alignment: bool = False  # not in the paper: teacher class probabilities aligned to the labelled class shares (ReMixMatch)
+    balance_momentum: float = Field(0.99, gt=0, lt=1)  # EMA of the teacher's class shares behind both of the above
+    cps_weight_noise: float = Field(0.01, ge=0)  # CPS branched from one checkpoint: second student's weights get this relative noise
+
+
 class TrainConfig(ConfigModel):
     method: Method = "proposed"
     seed: int = Field(42, ge=0, lt=2**32)  # section 2.6: random seed 42
@@ -122,6 +134,7 @@ class TrainConfig(ConfigModel):
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     methods: MethodConfig = MethodConfig()
+    ssl: SslConfig = SslConfig()
     amp: bool = True  # bf16 autocast on CUDA only; the CPU path stays float32
     channels_last: bool = False  # CUDA only: channels-last-3d memory format for the student(s) and teacher
     compile: bool = False  # CUDA only: torch.compile the student network(s) in place (state_dict keys unchanged)
@@ -130,6 +143,7 @@ class TrainConfig(ConfigModel):
     teacher_check_every: int = Field(1, ge=1)  # epochs between cross-rank EMA-teacher checksums
     loader_workers: int = Field(2, ge=0)  # DataLoader processes per training worker
     log_every_steps: int = Field(10, ge=1)  # per-step tracking (loss, lr, confidence-mask pass fractions)
+    plateau_patience: int = Field(0, ge=0)  # stop after this many validations without a better score (0 = run all epochs)
 
     @model_validator(mode="after")
     def _ramp_within_training(self) -> "TrainConfig":

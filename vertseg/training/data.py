@@ -100,7 +100,8 @@ def build_training_data(
         budget = per_epoch(train.optim.unlabeled_batch_size)
         for path, ids in sources:
             share = max(world_size, int(round(budget * len(ids) / total)))
-            streams.append(RandomPatches(path, pool="unlabeled", case_ids=ids, samples_per_epoch=share, **common))
+            streams.append(RandomPatches(path, pool="unlabeled", case_ids=ids, samples_per_epoch=share,
+                                         hidden_labels=True, **common))
     kwargs = dict(num_workers=loader_workers, pin_memory=torch.cuda.is_available(), persistent_workers=loader_workers > 0)
     labeled_loader = DataLoader(labeled, batch_size=train.optim.labeled_batch_size, **kwargs)
     unlabeled_loader = (

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from vertseg.training.data import TrainingData
-from vertseg.training.trainer import Trainer
+from vertseg.training.trainer import Trainer, is_better
 
 
 # (config, device, rank, world size) -> the validator of this rank, or None: evaluation.holdout.volume_validator
@@ -46,11 +46,14 @@ def fit(
     Each epoch starts fresh, seeded patch streams (`set_epoch`), so a resumed run sees the same data as an
     uninterrupted one; an epoch interrupted mid-way restarts its stream and runs only its remaining iterations.
     `validate_volumes` (evaluation.holdout.volume_validator) adds full-volume metrics at each validation, and
-    checkpoint selection (`trainer.selection_score`) then uses them.
+    checkpoint selection (`trainer.selection_score`) then uses them. Each validation may open the readiness gate
+    (`trainer.observe_validation`); with `train.plateau_patience` the run ends after that many validations without
+    a better score (a warm-up that trains until the teacher is ready).
     """
     import time
 
-    every = trainer.train_cfg.validate_every
+    every, patience = trainer.train_cfg.validate_every, trainer.train_cfg.plateau_patience
+    best, stale = None, 0
     while not trainer.finished:
         started = time.perf_counter()
         data.set_epoch(trainer.epoch)
@@ -64,6 +67,12 @@ def fit(
             if validate_volumes is not None:
                 metrics.update(trainer.validate_volumes(validate_volumes))
             validated = True
+            trainer.observe_validation(metrics)
+            if is_better(metrics, best):
+                best, stale = metrics, 0
+            else:
+                stale += 1
+            trainer.plateaued = bool(patience and stale >= patience)  # saved with this epoch's checkpoint
         seconds = time.perf_counter() - started
         samples = trainer.train_cfg.schedule.iterations_per_epoch * trainer.train_cfg.optim.labeled_batch_size
         metrics["samples_per_s"] = samples / seconds if seconds > 0 else math.nan

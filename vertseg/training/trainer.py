@@ -17,6 +17,7 @@ from torch import nn
 
 from vertseg.config import VertsegConfig, dump_config
 from vertseg.model import build_model
+from vertseg.postprocess.assign import PostprocessSettings
 from vertseg.training.augment import apply_weak, labeled_photometric, sample_weak, strong_augment
 from vertseg.training.checkpoint import (
     CheckpointError,
@@ -31,6 +32,7 @@ from vertseg.training.ema import EMATeacher
 from vertseg.training.losses import class_frequency_weights
 from vertseg.training.losses.identification import downsample_labels
 from vertseg.training.methods import StepContext, StudentBundle, Views, get_method, supervised_loss
+from vertseg.training.pseudo_labels import ClassBalance
 from vertseg.training.schedules import consistency_weight, lr_factor, tau_cls, tau_seg
 
 LABELED_KEYS = ("image", "mask", "labels", "centroids")
@@ -90,6 +92,12 @@ class Trainer:
         num_classes = config.model.num_classes
         counts = class_counts if class_counts is not None else torch.zeros(num_classes)
         self.class_weights = class_frequency_weights(counts).to(self.device)
+        ssl = config.train.ssl
+        self.balance = (ClassBalance(num_classes, ssl.balance_momentum, counts)
+                        if ssl.class_thresholds == "adaptive" or ssl.distribution_alignment else None)
+        self.postprocess = PostprocessSettings.from_config(config) if ssl.pseudo_labels == "sequence" else None
+        self.teacher_ready = ssl.ready_acc_id <= 0  # the readiness gate; opened by `observe_validation`
+        self.plateaued = False  # `train.plateau_patience` validations without a better score: training is done
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed * 1000 + rank)
         self.autocast = self.device.type == "cuda" and config.train.amp
         self.epoch = 0
@@ -109,10 +117,24 @@ class Trainer:
             tau_cls=tau_cls(self.epoch, schedule),
             class_weights=self.class_weights,
             generator=self.generator,
+            cls_enabled=self.teacher_ready,
+            balance=self.balance,
+            postprocess=self.postprocess,
+            spacing_mm=(float(self.config.data.spacing_mm),) * 3,
         )
 
-    def make_views(self, labeled: dict[str, torch.Tensor], unlabeled: torch.Tensor | None, ctx: StepContext) -> Views:
-        """Weak geometry on labeled data (+ photometric), weak and strong views of the unlabeled patches."""
+    def observe_validation(self, metrics: dict[str, float]) -> None:
+        """The readiness gate (`train.ssl.ready_acc_id`): the identification consistency term starts once the
+        deployed network's validation Acc_ID (full-volume when measured, else patch-level) reaches the threshold,
+        and stays on."""
+        acc = metrics.get("val_volume_id_acc", metrics.get("val_id_acc", math.nan))
+        if math.isfinite(acc) and acc >= self.train_cfg.ssl.ready_acc_id:
+            self.teacher_ready = True
+
+    def make_views(self, labeled: dict[str, torch.Tensor], unlabeled: torch.Tensor | None, ctx: StepContext,
+                   hidden: torch.Tensor | None = None) -> Views:
+        """Weak geometry on labeled data (+ photometric), weak and strong views of the unlabeled patches; the
+        unlabelled patches' hidden labels (diagnostics only) follow the weak geometry."""
         aug = self.train_cfg.augment
         lab = {k: labeled[k].to(self.device, non_blocking=True) for k in LABELED_KEYS}
         params = sample_weak(lab["image"].shape[0], aug, self.generator, self.device)
@@ -121,16 +143,22 @@ class Trainer:
         if unlabeled is None or not self.method.uses_unlabeled or ctx.consistency_weight <= 0:
             return Views(labeled=lab)
         images = unlabeled.to(self.device, non_blocking=True)
-        weak = apply_weak(sample_weak(images.shape[0], aug, self.generator, self.device), images)["image"]
-        return Views(labeled=lab, weak=weak, strong=strong_augment(weak, aug, self.generator))
+        hidden = None if hidden is None else hidden.to(self.device, non_blocking=True)
+        # hidden labels go through shifted by one: the rotation pads with 0, which reads back as -1 (unknown)
+        moved = apply_weak(sample_weak(images.shape[0], aug, self.generator, self.device), images,
+                           labels=None if hidden is None else hidden + 1)
+        weak = moved["image"]
+        hidden = None if hidden is None else moved["labels"] - 1
+        return Views(labeled=lab, weak=weak, strong=strong_augment(weak, aug, self.generator), hidden=hidden)
 
-    def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: torch.Tensor | None = None) -> dict[str, float]:
+    def train_step(self, labeled: dict[str, torch.Tensor], unlabeled: torch.Tensor | None = None,
+                   hidden: torch.Tensor | None = None) -> dict[str, float]:
         self.bundle.train()
         lr = self.train_cfg.optim.lr * lr_factor(self.step, self.total_iterations, self.train_cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr  # derived from the step counter, so a resumed run continues the same decay
         ctx = self._context()
-        views = self.make_views(labeled, unlabeled, ctx)
+        views = self.make_views(labeled, unlabeled, ctx, hidden)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = self.method.loss(self.student, self.teacher, views, ctx)
         logs = ctx.logs
@@ -186,8 +214,8 @@ class Trainer:
             if should_stop is not None and should_stop():
                 break
             batch = next(labeled)
-            images = next(unlabeled)["image"] if (unlabeled is not None and needs_unlabeled) else None
-            logs = self.train_step(batch, images)
+            extra = next(unlabeled) if (unlabeled is not None and needs_unlabeled) else {}
+            logs = self.train_step(batch, extra.get("image"), extra.get("hidden_labels"))
             self.iteration += 1
             steps += 1
             for key, value in logs.items():
@@ -269,6 +297,9 @@ class Trainer:
             "iteration": self.iteration,
             "skipped_steps": self.skipped_steps,
             "rng": capture_rng(self.generator),
+            "teacher_ready": self.teacher_ready,
+            "plateaued": self.plateaued,
+            "class_balance": self.balance.state_dict() if self.balance is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -281,25 +312,42 @@ class Trainer:
         self.epoch, self.step, self.iteration = int(state["epoch"]), int(state["step"]), int(state["iteration"])
         self.skipped_steps = int(state["skipped_steps"])
         restore_rng(state["rng"], self.generator)
+        self.teacher_ready = bool(state.get("teacher_ready", self.teacher_ready))
+        self.plateaued = bool(state.get("plateaued", False))
+        if self.balance is not None and state.get("class_balance") is not None:
+            self.balance.load_state_dict(state["class_balance"])
 
     def initialise_from(self, path: Path | str) -> InitReport:
         """Fine-tuning: every student starts from a checkpoint's deployed weights, the teacher from the first
         student; optimiser, schedule and counters stay fresh. Tensors whose shape differs (e.g. the identification
         head of another class count) keep their fresh initialisation and are listed in the report."""
-        state, key = model_weights(load_checkpoint(path), path)
+        checkpoint = load_checkpoint(path)
+        state, key = model_weights(checkpoint, path)
         report = load_matching(self.bundle.members[0], state, Path(path), key)
         if report.fraction < MIN_INIT_FRACTION:
             raise CheckpointError(f"--init-from {path}: only {report.fraction:.0%} of this network's weights match the "
                                   "checkpoint; its model.* settings differ too much to fine-tune from it")
         for member in self.bundle.members[1:]:
             load_matching(member, state, Path(path), key)
+            perturb(member, self.train_cfg.ssl.cps_weight_noise, self.generator)
         if self.teacher is not None:
             self.teacher.reinitialise(self.bundle.members[0])
+        self.observe_validation(checkpoint.get("best_metrics") or {})  # the teacher starts as these weights
         return report
 
     @property
     def finished(self) -> bool:
-        return self.epoch >= self.train_cfg.schedule.epochs
+        return self.epoch >= self.train_cfg.schedule.epochs or self.plateaued
+
+
+@torch.no_grad()
+def perturb(module: nn.Module, relative: float, generator: torch.Generator) -> None:
+    """Gaussian noise of `relative` times each floating tensor's std: two students branched from one checkpoint
+    (CPS) must differ, or each only teaches itself."""
+    for tensor in module.state_dict().values():
+        if tensor.is_floating_point() and tensor.numel() > 1 and relative > 0:
+            noise = torch.randn(tensor.shape, generator=generator, device=tensor.device, dtype=tensor.dtype)
+            tensor.add_(noise * relative * tensor.std())
 
 
 def is_better(metrics: dict[str, float], best: dict[str, float] | None) -> bool:

@@ -164,6 +164,20 @@ def resample_slices(array: np.ndarray, offsets: np.ndarray, step_mm: float) -> t
     return out.astype(array.dtype), step
 
 
+def unreadable_slices(folder: Path, in_series: set[str]) -> list[Path]:
+    """Files of `folder` (names not in `in_series`) that carry the DICOM signature ('DICM' after the 128-byte preamble) but belong to no
+    series GDCM could parse: damaged slices, not unrelated files."""
+    out = []
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file() or path.name in in_series:
+            continue
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            if handle.read(4) == b"DICM":
+                out.append(path)
+    return out
+
+
 def read_dicom_series(folder: Path, series_uid: str | None = None, allow_irregular: bool = False):
     """One series of a folder as a SimpleITK image on a uniform grid; CaseError naming the files otherwise.
 
@@ -176,6 +190,11 @@ def read_dicom_series(folder: Path, series_uid: str | None = None, allow_irregul
     if uid is None or uid not in uids:
         raise CaseError(folder, "no DICOM series found" if not uids else f"series {uid!r} not in folder")
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    listed = {Path(f).name for u in uids for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), u)}
+    dropped = unreadable_slices(folder, listed)
+    if dropped:  # GDCM leaves a damaged file out of every series: it would read as a missing slice
+        raise CaseError(folder, f"{len(dropped)} DICOM file(s) cannot be read (truncated or corrupt): "
+                                f"{_listing([_name(str(p)) for p in dropped])}; copy them again from the source")
     reader = sitk.ImageSeriesReader()
     if len(files) < 2:  # a single (possibly multi-frame) file: its geometry comes from its own header
         reader.SetFileNames(files)

@@ -40,7 +40,9 @@ def discover_nifti_folder(root: Path, dataset: str | None = None, label_format: 
     centroids: dict[tuple[Path, str], Path] = {}
     for path in files:
         parent = path.parent
-        folder = parent.name.lower()
+        # images/ and labels/ below the root pair up in their parent; the root's own name means nothing (`-i
+        # imagesTs`, or a folder called gt/ holding scans and masks side by side)
+        folder = parent.name.lower() if parent != root else ""
         group = parent.parent if folder in _IMAGE_DIRS | _LABEL_DIRS else parent
         if path.name.endswith("_ctd.json"):
             centroids[(group, path.name[: -len("_ctd.json")])] = path

@@ -51,6 +51,17 @@ def header_label_table(path: Path) -> dict[int, str] | None:
     return None
 
 
+def label_table_extension(table: dict[int, str]) -> bytes:
+    """The CaretExtension XML label table TotalSegmentator v2 writes (and `header_label_table` reads) for
+    {value: structure name}, as the content of a NIfTI header extension (code 0)."""
+    from xml.sax.saxutils import escape
+
+    rows = "".join(f'<Label Key="{value}" Red="1" Green="1" Blue="1" Alpha="1">{escape(name)}</Label>'
+                   for value, name in sorted(table.items()))
+    return ('<?xml version="1.0" encoding="UTF-8"?><CaretExtension><VolumeInformation Index="0"><LabelTable>'
+            f"{rows}</LabelTable><VolumeType>Label</VolumeType></VolumeInformation></CaretExtension>").encode()
+
+
 def resolve_format(path: Path, label_format: str, values: np.ndarray) -> LabelFormat:
     """The table to read `values` with; CaseError when the values cannot belong to it or the version is unknown."""
     if label_format not in LABEL_FORMAT_CHOICES:

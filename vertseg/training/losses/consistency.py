@@ -43,31 +43,20 @@ def teacher_foreground(seg_logits: torch.Tensor, shape: tuple[int, int, int], th
     return F.adaptive_avg_pool3d(torch.sigmoid(seg_logits.float()), shape)[:, 0] > threshold
 
 
-def cls_consistency_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float, temperature: float, class_weights: torch.Tensor,
-    foreground: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, float]:
-    """Eq. 11: class-weighted CE of the student against teacher pseudo-classes on confident vertebra voxels.
+def cls_consistency_loss(student_logits: torch.Tensor, pseudo: torch.Tensor, keep: torch.Tensor,
+                         class_weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: class-weighted CE of the student against the teacher's pseudo-classes `pseudo` (B, z, y, x; 0 =
+    background) on the positions `keep` (confident vertebra positions, `methods.base.pseudo_targets`).
 
-    Teacher heatmaps go through softmax(logits / T); pseudo-class = argmax; kept where the max confidence > tau and
-    the pseudo-class is not background, and inside `foreground` (B, z, y, x) when given. The heatmap's own
-    background channel is only weakly trained (the spatial KL ignores it), so a teacher can be confident about a
-    vertebra class far outside the spine; `foreground` (`teacher_foreground`) keeps those positions out. The CE runs
-    over the K vertebra channels only: the term teaches which vertebra, not vertebra-vs-background (a CE over K+1
-    channels raises every class logit against the background channel, and the spatial KL cannot see such a shift).
-    The loss is sum_k w_k sum_{x in Omega_k} CE_x / |Omega| (a frequency-weighted mean, so its scale does not grow
-    with the number of visible vertebrae). Returns (loss, pass fraction).
+    The CE runs over the K vertebra channels only: the term teaches which vertebra, not vertebra-vs-background (a CE
+    over K+1 channels raises every class logit against the background channel, and the spatial KL cannot see such
+    a shift). The loss is sum_k w_k sum_{x in Omega_k} CE_x / |Omega| (a frequency-weighted mean, so its scale does
+    not grow with the number of visible vertebrae).
     """
-    p_teacher = torch.softmax(teacher_logits.float() / temperature, dim=1)
-    confidence, pseudo = p_teacher.max(dim=1)
-    keep = (confidence > tau) & (pseudo > 0)
-    if foreground is not None:
-        keep &= foreground
     ce = F.cross_entropy(student_logits[:, 1:].float(), (pseudo - 1).clamp(min=0), reduction="none")
     weights = torch.cat([class_weights.new_zeros(1), class_weights.to(ce.device, ce.dtype)])[pseudo]
     keep_f = keep.float()
-    loss = (ce * weights * keep_f).sum() / keep_f.sum().clamp(min=1.0)
-    return loss, float(keep_f.mean())
+    return (ce * weights * keep_f).sum() / keep_f.sum().clamp(min=1.0)
 
 
 def probability_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mode: str, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vertseg.model import SegIdOutput
+from vertseg.postprocess.assign import PostprocessSettings
 from vertseg.training.config import TrainConfig
 from vertseg.training.ema import EMATeacher
 from vertseg.training.heatmaps import fill_missing_centroids, render_heatmaps, to_low_resolution
@@ -21,6 +23,15 @@ from vertseg.training.losses import (
     kl_heatmap_loss,
     seg_consistency_loss,
     teacher_foreground,
+)
+from vertseg.training.pseudo_labels import (
+    ClassBalance,
+    argmax_pseudo_labels,
+    class_map_entropy,
+    hidden_classes,
+    pseudo_label_accuracy,
+    sequence_pseudo_labels,
+    teacher_probabilities,
 )
 
 ID_FACTOR = 4  # identification heatmaps at 1/4 resolution (section 2.3)
@@ -58,16 +69,22 @@ class StepContext:
     tau_cls: float
     class_weights: torch.Tensor
     generator: torch.Generator
+    cls_enabled: bool = True  # the readiness gate (`train.ssl.ready_acc_id`) is open
+    balance: ClassBalance | None = None  # running class shares (`train.ssl.class_thresholds` / `distribution_alignment`)
+    postprocess: PostprocessSettings | None = None  # decodes `sequence` pseudo-labels
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)  # of the training patches
     logs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class Views:
-    """Augmented inputs: labeled batch (image, mask, labels, centroids) and unlabeled weak/strong views."""
+    """Augmented inputs: labeled batch (image, mask, labels, centroids) and unlabeled weak/strong views.
+    `hidden`: the weak view's labels where the unlabelled scan has them (-1 elsewhere), for diagnostics only."""
 
     labeled: dict[str, torch.Tensor]
     weak: torch.Tensor | None = None
     strong: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
 
 
 def split_output(output: SegIdOutput, sizes: list[int]) -> list[SegIdOutput]:
@@ -101,20 +118,55 @@ def supervised_loss(output: SegIdOutput, batch: dict[str, torch.Tensor], config:
 
 @dataclass(frozen=True)
 class PseudoTargets:
-    """A teacher's (or weak view's) detached outputs for Eq. 10-11, and the positions its identification
-    pseudo-labels may teach (`loss.cls_pseudo_region`); built once per step, shared by every student view."""
+    """A teacher's (or weak view's) detached outputs for Eq. 10-11: segmentation logits, identification
+    pseudo-classes and the positions they teach (`keep`: confident, vertebra, inside the teacher's foreground when
+    `loss.cls_pseudo_region` says so, and only once the readiness gate is open); built once per step, shared by
+    every student view."""
 
     seg: torch.Tensor
-    identification: torch.Tensor
-    foreground: torch.Tensor | None
+    classes: torch.Tensor
+    keep: torch.Tensor
 
 
-def pseudo_targets(teacher: SegIdOutput, ctx: StepContext) -> PseudoTargets:
-    cfg = ctx.config.loss
+def pseudo_targets(teacher: SegIdOutput, ctx: StepContext, hidden: torch.Tensor | None = None) -> PseudoTargets:
+    """Eq. 11-12 with the `train.ssl` switches; logs the class-map spread and, with `hidden` labels, the
+    pseudo-labels' accuracy (diagnostics only)."""
+    cfg, ssl = ctx.config.loss, ctx.config.ssl
     seg, identification = teacher.seg[0].detach(), teacher.identification.detach()
-    foreground = (teacher_foreground(seg, tuple(identification.shape[2:]), cfg.seg_pseudo_threshold)
+    shape = tuple(identification.shape[2:])
+    foreground = (teacher_foreground(seg, shape, cfg.seg_pseudo_threshold)
                   if cfg.cls_pseudo_region == "teacher_foreground" else None)
-    return PseudoTargets(seg, identification, foreground)
+    probs = teacher_probabilities(identification, cfg.temperature)
+    thresholds = torch.full((probs.shape[1],), ctx.tau_cls, device=probs.device)
+    if ctx.balance is not None:
+        ctx.balance.update(probs, foreground)
+        if ssl.distribution_alignment:
+            probs = ctx.balance.align(probs)
+        if ssl.class_thresholds == "adaptive":
+            thresholds = ctx.balance.thresholds(ctx.tau_cls).to(probs.device)
+    if ssl.pseudo_labels == "sequence" and ctx.cls_enabled:
+        pseudo = sequence_pseudo_labels(seg, probs, ctx.spacing_mm, ctx.postprocess)
+    else:
+        pseudo = argmax_pseudo_labels(probs)
+    keep = (pseudo.confidence > thresholds[pseudo.classes]) & (pseudo.classes > 0)
+    if foreground is not None:
+        keep &= foreground
+    if not ctx.cls_enabled:
+        keep = torch.zeros_like(keep)
+    log_pseudo_diagnostics(pseudo.classes, keep, foreground, hidden, ctx)
+    return PseudoTargets(seg, pseudo.classes, keep)
+
+
+def log_pseudo_diagnostics(classes: torch.Tensor, keep: torch.Tensor, region: torch.Tensor | None,
+                           hidden: torch.Tensor | None, ctx: StepContext) -> None:
+    """Class-map spread over the vertebra positions and, given the hidden labels, pseudo-label accuracy/cover."""
+    num_classes = ctx.class_weights.numel()
+    spread = class_map_entropy(classes, region if region is not None else classes > 0, num_classes)
+    ctx.logs["cls_gate"] = 1.0 if ctx.cls_enabled else 0.0
+    if math.isfinite(spread[0]):
+        ctx.logs.update(class_entropy=spread[0], class_top2=spread[1])
+    if hidden is not None:
+        ctx.logs.update(pseudo_label_accuracy(classes, keep, hidden_classes(hidden, tuple(classes.shape[1:]), num_classes)))
 
 
 def pseudo_label_losses(student: SegIdOutput, targets: PseudoTargets, ctx: StepContext
@@ -122,9 +174,8 @@ def pseudo_label_losses(student: SegIdOutput, targets: PseudoTargets, ctx: StepC
     """Eq. 10 and 11 of one student view against `targets`: (L_cons^seg, L_cons^cls, pass_seg, pass_cls)."""
     cfg = ctx.config.loss
     seg, pass_seg = seg_consistency_loss(student.seg[0], targets.seg, ctx.tau_seg, cfg.seg_pseudo_threshold)
-    cls, pass_cls = cls_consistency_loss(student.identification, targets.identification, ctx.tau_cls, cfg.temperature,
-                                         ctx.class_weights, targets.foreground)
-    return seg, cls, pass_seg, pass_cls
+    cls = cls_consistency_loss(student.identification, targets.classes, targets.keep, ctx.class_weights)
+    return seg, cls, pass_seg, float(targets.keep.float().mean())
 
 
 def joint_forward(

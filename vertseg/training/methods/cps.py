@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vertseg.training.ema import EMATeacher
-from vertseg.training.methods.base import Method, StepContext, Views, joint_forward
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward, log_pseudo_diagnostics
 
 
 def _cross(student_out, other_out) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,5 +32,7 @@ class CPS(Method):
         a_seg, a_id = _cross(parts[0][1], parts[1][1])
         b_seg, b_id = _cross(parts[1][1], parts[0][1])
         cons_seg, cons_cls = a_seg + b_seg, a_id + b_id
+        classes = parts[1][1].identification.detach().argmax(1)  # what student 1 is taught
+        log_pseudo_diagnostics(classes, classes > 0, None, views.hidden, ctx)
         ctx.logs.update(loss_cons_seg=float(cons_seg.detach()), loss_cons_cls=float(cons_cls.detach()))
         return sup + ctx.consistency_weight * (cons_seg + cons_cls)

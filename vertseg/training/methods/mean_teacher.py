@@ -15,7 +15,7 @@ from torch import nn
 
 from vertseg.training.ema import EMATeacher
 from vertseg.training.losses import probability_mse
-from vertseg.training.methods.base import Method, StepContext, Views, joint_forward
+from vertseg.training.methods.base import Method, StepContext, Views, joint_forward, log_pseudo_diagnostics
 from vertseg.training.schedules import ramp
 
 
@@ -30,6 +30,9 @@ class MeanTeacher(Method):
         seg_mask, id_mask, seg_t, id_t = self.targets(teacher, views.weak, ctx)
         cons_seg = probability_mse(unl_out.seg[0], seg_t, "binary", seg_mask)
         cons_cls = probability_mse(unl_out.identification, id_t, "multiclass", id_mask)
+        classes = id_t.argmax(1)
+        taught = (classes > 0) if id_mask is None else (classes > 0) & (id_mask > 0)
+        log_pseudo_diagnostics(classes, taught, None, views.hidden, ctx)
         ctx.logs.update(loss_cons_seg=float(cons_seg.detach()), loss_cons_cls=float(cons_cls.detach()))
         return sup + ctx.consistency_weight * (cons_seg + cons_cls)
 

@@ -19,7 +19,7 @@ class Proposed(Method):
         unl_out = parts[0][1]
         with torch.no_grad():
             target = teacher(views.weak)
-        cons_seg, cons_cls, pass_seg, pass_cls = pseudo_label_losses(unl_out, pseudo_targets(target, ctx), ctx)
+        cons_seg, cons_cls, pass_seg, pass_cls = pseudo_label_losses(unl_out, pseudo_targets(target, ctx, views.hidden), ctx)
         ctx.logs.update(loss_cons_seg=float(cons_seg.detach()), loss_cons_cls=float(cons_cls.detach()),
                         pass_seg=pass_seg, pass_cls=pass_cls)
         return sup + ctx.consistency_weight * (cons_seg + cons_cls)

@@ -23,7 +23,7 @@ class UniMatch(Method):
         strong2 = strong_augment(views.weak, ctx.config.augment, ctx.generator)
         sup, parts, fp_out = joint_forward(student, views.labeled, [views.weak, views.strong, strong2], ctx, fp=(n_l, n_l + n_u))
         _, weak_out, s1_out, s2_out = parts[0]
-        targets = pseudo_targets(weak_out, ctx)
+        targets = pseudo_targets(weak_out, ctx, views.hidden)
         terms = {}
         for name, out, weight in (("s1", s1_out, 0.25), ("s2", s2_out, 0.25), ("fp", fp_out, 0.5)):
             seg, cls, pass_seg, pass_cls = pseudo_label_losses(out, targets, ctx)
