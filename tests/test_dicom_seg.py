@@ -59,6 +59,12 @@ def test_known_labelmap_round_trips_with_the_series_geometry(tmp_path, series):
     described = [seg.get_segment_description(n) for n in (1, 2, 3)]
     assert [d.segment_label for d in described] == ["L1", "L2", "T13"]
     assert [d.segmented_property_type.meaning for d in described] == ["L1 vertebra", "L2 vertebra", "Vertebra"]
+    from vertseg.inference.colour_tables import verse_colour
+
+    for description, label in zip(described, (20, 21, 28)):  # the colours of the NIfTI colour tables
+        rgb = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue).to_rgb()
+        assert np.allclose(rgb, verse_colour(label), atol=2), (label, rgb)
+    assert described[0].algorithm_identification[0].AlgorithmName == "vertseg"
     _check_frames_on_source_slices(seg, headers)
     uids = [str(h.file_meta.MediaStorageSOPInstanceUID) for h in headers]
     pixels = seg.get_pixels_by_source_instance(uids, combine_segments=True)

@@ -87,7 +87,7 @@ def test_training_on_non_finite_numbers_exits_non_zero_and_keeps_the_last_good_c
 
     store = make_store(tmp_path / "s.zarr", {"training": 2, "validation": 1})
     sets = ["train.method=fsl", "train.schedule.epochs=3", "train.max_nonfinite_steps=2", "train.validate_every=1"]
-    args = _args(store, tmp_path / "runs", "--name", "nan", "--mlflow-uri", "none") + [
+    args = _args(store, tmp_path / "runs", "--name", "nan") + [
         x for item in sets + ["train.optim.lr=1e30"] for x in ("--set", item)]
     result = CliRunner().invoke(app, args)
     text = normalised(result.output, tmp_path)
@@ -95,3 +95,8 @@ def test_training_on_non_finite_numbers_exits_non_zero_and_keeps_the_last_good_c
     assert "training stopped on non-finite numbers" in text and "consecutive non-finite steps" in text
     latest = load_checkpoint(tmp_path / "runs" / "nan" / "checkpoints" / "latest.pt")
     assert all(torch.isfinite(t).all() for t in latest["model"].values() if t.is_floating_point())
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("vertseg").experiment_id])
+    assert run.info.status == "FAILED"  # not left RUNNING

@@ -104,6 +104,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             False, "--random-weights", help="SMOKE TESTS ONLY: an untrained network from --config; predictions are meaningless."
         ),
         seed: int = typer.Option(0, help="Seed of the --random-weights network."),
+        threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for the network (default: all cores)."),
         allow_irregular: bool = typer.Option(
             False, "--allow-irregular",
             help="DICOM series with uneven slice positions (a missing slice): resample onto a uniform grid instead of refusing.",
@@ -179,6 +180,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         not_dicom = [job.origin for job in jobs if job.source is None or not Path(job.source.image).is_dir()]
         if output_type == "dicom-seg" and not_dicom:
             raise fail(f"--output-type dicom-seg needs DICOM series inputs to reference; not DICOM: {', '.join(not_dicom[:3])}")
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         build_args = (checkpoint, config, overrides, random_weights, seed, device, onnx)
         try:
             predictor, weights = _build_predictor(*build_args)
@@ -196,6 +201,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 windows.finish()
                 if record["status"] != "ok":
                     progress.console.print(f"[red]failed[/] {record['case_id']}: {record['error']}", highlight=False)
+                for note in record.get("notes", []):  # e.g. DICOM-SEG UIDs derived for an anonymised series
+                    progress.console.print(f"[yellow]note[/] {record['case_id']}: {note}", highlight=False)
                 else:
                     progress.console.print(stage_line(record), highlight=False)
                 progress.advance(task)

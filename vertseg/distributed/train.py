@@ -200,10 +200,15 @@ def _run_local(config, store, unlabeled, run_dir, tracker, resume, init_from=Non
         if step % config.train.log_every_steps == 0:
             tracker.log_metrics(step_metrics(logs), step=step)
 
-    outcome = train_local(config, store, unlabeled, run_dir, resume=resume, init_from=init_from,
-                          volume_validation=volume_validation,
-                          loader_workers=config.train.loader_workers,
-                          on_epoch=log_metrics, on_step=log_step if tracker else None)
+    try:
+        outcome = train_local(config, store, unlabeled, run_dir, resume=resume, init_from=init_from,
+                              volume_validation=volume_validation,
+                              loader_workers=config.train.loader_workers,
+                              on_epoch=log_metrics, on_step=log_step if tracker else None)
+    except BaseException:  # a run that dies (non-finite loss, bad data, Ctrl-C twice) is not left RUNNING in MLflow
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
     if tracker is not None:
         tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(outcome["best_checkpoint"], "best")

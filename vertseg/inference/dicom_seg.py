@@ -1,7 +1,8 @@
 """DICOM-SEG output (highdicom) referencing the source CT series, one segment per predicted vertebra.
 
-Segments carry the vertebra's name as label and its SNOMED CT code (C1..L5 vertebra, sacrum, coccyx; plain
-"vertebra" for L6/T13) so PACS viewers and 3D Slicer show anatomy, not numbers. Frames follow the source slices:
+Segments carry the vertebra's name as label, its SNOMED CT code (C1..L5 vertebra, sacrum, coccyx; plain
+"vertebra" for L6/T13) and the colour of the NIfTI colour tables, so PACS viewers and 3D Slicer show anatomy, not
+numbers; the algorithm identification names vertseg and its version. Frames follow the source slices:
 the labelmap must lie on the series' own grid, slice k = the k-th file of `series_files` (SimpleITK's order).
 
 Anonymised series often have emptied Study/Series/SOP Instance UIDs. SOP Instance and Class UIDs are then taken from
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vertseg.inference.colour_tables import verse_colour
 from vertseg.io import atomic_path
 from vertseg.labels import VERSE_NAMES
 
@@ -91,6 +93,7 @@ def build_dicom_seg(labels_kji: np.ndarray, files: list[Path]):
             segmented_property_type=_property_type(label),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*verse_colour(label)),  # the NIfTI colour tables' colours
         )
         for n, label in enumerate(present, start=1)
     ]
