@@ -285,15 +285,21 @@ def goal_lines(branches: list[Branch], fraction: float, row: str = "proposed") -
     return lines
 
 
+def _own(row: Row) -> list[str]:
+    """The settings a row adds to Eq. 9-13 as written (what its name says), for the table's legend."""
+    return [o for o in row.overrides if o not in PAPER or not set(PAPER) <= set(row.overrides)]
+
+
 def render(branches: list[Branch], warmups: dict[str, dict[str, Any]], fractions: list[float], rows: list[str],
            budget: Budget, base: list[str], pools: PhantomPools, wall: float, parallel: int, threads: int) -> str:
     keys = [key for key, _ in HEADLINE]
     body = [
         f"Protocol (`vertseg/bench/ssl.py`): {pools.training} training + {pools.validation} validation phantoms "
         f"(synth size `{pools.size}`, variant rate {pools.variant_rate}), {pools.test} held-out test phantoms. Per "
-        f"labelled fraction and seed: a supervised warm-up on the labelled scans (up to {budget.warmup_epochs} "
-        f"epochs of {budget.iterations_per_epoch} steps, stopped after {budget.patience} validations without a "
-        f"better full-volume score), then every row branches from its best checkpoint for {budget.branch_epochs} "
+        f"labelled fraction and seed: a supervised warm-up on the labelled scans ({budget.warmup_epochs} epochs of "
+        f"{budget.iterations_per_epoch} steps" + (f", stopped after {budget.patience} validations without a better "
+                                                  "full-volume score" if budget.patience else "") +
+        f"), then every row branches from its best checkpoint for {budget.branch_epochs} "
         f"epochs ({budget.branch_epochs * budget.iterations_per_epoch} steps; consistency weight and thresholds "
         f"ramp over the first half); the unlabelled pool is the held-back training scans. Config: "
         f"`vertseg/resources/demo.yaml` + `{' '.join(base)}`. Checkpoint = best full-volume validation; metrics "
@@ -302,8 +308,9 @@ def render(branches: list[Branch], warmups: dict[str, dict[str, Any]], fractions
         f"{sum(b.train_seconds for b in branches) / 60:.0f} min ({parallel} at a time, {threads} thread(s) each); "
         f"this invocation {wall / 60:.0f} min (saved runs are reused).",
         "",
-        "Rows: " + "; ".join(f"`{name}` = {ROWS[name].about}" + (f" (`{' '.join(ROWS[name].overrides)}`)"
-                                                                  if ROWS[name].overrides else "") for name in rows) + ".",
+        f"Rows (`paper` = `{' '.join(PAPER)}`): " + "; ".join(
+            f"`{name}` = {ROWS[name].about}" + (f" (`{' '.join(_own(ROWS[name]))}`)" if _own(ROWS[name]) else "")
+            for name in rows) + ".",
     ]
     for fraction in fractions:
         present = [b for b in branches if b.fraction == fraction]
