@@ -58,8 +58,7 @@ def sequence_pseudo_labels(seg_logits: torch.Tensor, probs: torch.Tensor, spacin
     whose cell is mostly outside a decoded vertebra (or in one the decoder called "not a vertebra") are background.
     """
     protocol = settings.protocol
-    lut = np.zeros(256, dtype=np.int64)
-    lut[list(protocol.verse_labels)] = np.arange(1, protocol.num_classes + 1)
+    lut = protocol.class_lut()  # as training labels: a decoded L6 / T13 teaches L5 / T12 (the merge policy)
     fg = torch.sigmoid(seg_logits.float())[:, 0].cpu().numpy()
     maps = probs.cpu().numpy()
     full_classes, confidence = [], []
