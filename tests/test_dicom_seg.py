@@ -10,11 +10,14 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import torch
 from test_inference_predict import TINY, OracleNet
 
+import vertseg
 from vertseg.config import build_config
 from vertseg.inference.cases import collect_jobs
 from vertseg.inference.dicom_seg import series_files, write_dicom_seg
+from vertseg.inference.model_loading import WeightsSource, load_model, random_model
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.runner import predict_all
 from vertseg.inference.writers import OutputOptions
@@ -79,6 +82,32 @@ def test_known_labelmap_round_trips_with_the_series_geometry(tmp_path, series):
     assert int(plain.NumberOfFrames) == frames  # one frame per (slice, segment) that holds the segment
 
 
+def test_the_seg_records_which_model_made_it(tmp_path, series):
+    """A SEG a PACS holds for years must say what made it: vertseg, its version, an AI algorithm, and the weights
+    (checkpoint file name, sha256 prefix, state dict) on every segment; the model name names the checkpoint."""
+    from vertseg.weights import sha256_of
+
+    files, headers = series
+    config = build_config(TINY)
+    checkpoint = tmp_path / "spine-v7.pt"
+    torch.save({"config": config.model_dump(mode="json"), "teacher": random_model(config).state_dict()}, checkpoint)
+    weights = Predictor(load_model(checkpoint)[0], config, "cpu").weights
+    assert weights == {"checkpoint": "spine-v7.pt", "sha256": sha256_of(checkpoint)[:16], "state": "teacher"}
+    labels = np.zeros((len(files), int(headers[0].Rows), int(headers[0].Columns)), np.uint8)
+    labels[2:9, 200:300, 220:300] = 20
+    labels[11:17, 190:310, 210:310] = 21
+    write_dicom_seg(tmp_path / "case_seg.dcm", labels, files, weights)
+
+    seg = hd.seg.segread(str(tmp_path / "case_seg.dcm"))
+    for number in (1, 2):
+        algorithm = seg.get_segment_description(number).algorithm_identification
+        assert (algorithm.name, algorithm.version) == ("vertseg", vertseg.__version__)
+        assert algorithm.family.meaning == "Artificial Intelligence"
+        assert algorithm.parameters == weights
+    plain = pydicom.dcmread(str(tmp_path / "case_seg.dcm"))
+    assert plain.ManufacturerModelName == "vertseg spine-v7" and plain.SoftwareVersions == vertseg.__version__
+
+
 def test_grid_mismatch_and_empty_prediction(tmp_path, series):
     files, _ = series
     with pytest.raises(ValueError, match="series grid"):
@@ -95,7 +124,10 @@ def test_predict_zipped_series_to_dicom_seg(tmp_path, test_data, series):
         for path in sorted((test_data / "dicom-sample").iterdir()):
             bundle.write(path, path.name)
     jobs = collect_jobs([archive], unpack_dir=tmp_path / "unpacked")
-    predictor = Predictor(OracleNet(), build_config(TINY), "cpu")  # names bone by HU: some vertebra labels appear
+    network = OracleNet()  # names bone by HU: some vertebra labels appear
+    (tmp_path / "oracle.pt").write_bytes(b"stands for a checkpoint")
+    network.weights_source = WeightsSource("checkpoint", tmp_path / "oracle.pt", "teacher")
+    predictor = Predictor(network, build_config(TINY), "cpu")
     [record] = predict_all(predictor, jobs, tmp_path / "out", options=OutputOptions(output_type="dicom-seg"))
     assert record["status"] == "ok", record.get("traceback")
     assert record["outputs"]["seg"].endswith("ct_seg.dcm") and not (tmp_path / "out" / "ct" / "ct_seg.nii.gz").exists()
@@ -104,6 +136,7 @@ def test_predict_zipped_series_to_dicom_seg(tmp_path, test_data, series):
     seg = hd.seg.segread(record["outputs"]["seg"])
     assert seg.number_of_segments == len(table)
     assert [seg.get_segment_description(n).segment_label for n in range(1, len(table) + 1)] == [r["name"] for r in table]
+    assert seg.get_segment_description(1).algorithm_identification.parameters["checkpoint"] == "oracle.pt"
     _check_frames_on_source_slices(seg, headers)
 
 

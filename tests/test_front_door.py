@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import re
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -39,13 +43,96 @@ def test_command_lists_at_80_columns_are_never_cut_mid_phrase():
         assert short and not short.endswith("..."), f"{name}: {short!r}"
 
 
+def test_predict_help_at_80_columns_cuts_no_option_text():
+    """Rich cuts a word wider than the help column with an ellipsis: '<case>_statistics.json/.c…' was one."""
+    result = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "--per-vertebra" in result.output and "--roi-subset" in result.output
+    assert max(map(len, result.output.splitlines())) <= 80
+    assert "…" not in result.output, result.output
+    import typer.main
+
+    command = typer.main.get_command(app).commands["predict"]
+    words = [word for param in command.params for word in (getattr(param, "help", "") or "").split()]
+    assert max(map(len, words)) <= 27, max(words, key=len)  # the help column at 80 with Typer's own type names
+
+
+@functools.lru_cache(maxsize=None)
+def _help_pages() -> tuple[tuple[str, str], ...]:
+    """("vertseg ...", its `--help` in an 80-column terminal) for `vertseg` and every command and subcommand, run
+    through the real CLI as a user runs it."""
+    runner = CliRunner()
+    pages = []
+    for words in [(), *(tuple(name.split()) for name, _, _ in _commands())]:
+        result = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        pages.append((" ".join(("vertseg", *words)), result.output))
+    return tuple(pages)
+
+
+def _help_texts(command) -> list[str]:
+    return [command.help or "", command.short_help or ""] + [getattr(p, "help", "") or "" for p in command.params]
+
+
+def _internal_constants() -> set[str]:
+    """Module-level ALL_CAPS names of the package (FAST_OVERRIDES, ...): Python's, not a user's, words."""
+    import ast
+
+    names = set()
+    for path in Path(vertseg.__file__).parent.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            names |= {t.id.lstrip("_") for t in targets if isinstance(t, ast.Name)
+                      and re.fullmatch(r"_?[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", t.id)}
+    return names
+
+
 def test_help_never_names_an_issue_or_an_internal_constant():
-    import re
+    """Neither the help texts nor the pages a user sees name an issue, a Python constant, or an equation, table or
+    figure without saying whose (`the paper's Eq. 16`, not `Eq. 16`)."""
+    constants = _internal_constants()
+    assert "FAST_OVERRIDES" in constants
+    bare_reference = r"(?<!paper's )(?<!its )\b(Eqs?\.|Figs?\.|Tables?) ?\d"
+    for name, command, _ in _commands():
+        for text in _help_texts(command):
+            assert not re.search(r"(?i:\bissues? #?\d+)|(?<![\w&])#\d+\b|[a-z]\.[A-Z]{3,}_[A-Z_]{3,}", text), f"{name}: {text}"
+            assert not re.search(bare_reference, text), f"{name}: {text}"
+            assert not constants & set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", text)), f"{name}: {text}"
+    for name, page in _help_pages():
+        named = constants & set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", page))
+        assert not named and not re.search(r"\bissues? #?\d+", page, re.I), f"{name}: {named}\n{page}"
+
+
+def test_help_shows_no_type_after_a_flag_and_a_plain_metavar_after_a_value():
+    """Typer's Rich help printed `<bool>` after every flag and `<list[Path]>`, `<str>`, `<int range>` after values;
+    an nnU-Net or TotalSegmentator user expects nothing after a flag and PATH, TEXT or INTEGER after a value."""
+    pages = dict(_help_pages())
+    assert {"vertseg predict", "vertseg train", "vertseg evaluate", "vertseg preprocess", "vertseg tune"} <= set(pages)
+    for name, page in pages.items():
+        assert not re.search(r"<(bool|str|int|float|path|list\[)", page), f"{name}:\n{page}"
+        assert max(map(len, page.splitlines())) <= 80, f"{name}:\n{page}"
+    predict = pages["vertseg predict"]
+    assert re.search(r"inputs\.\.\.\s+PATH\s", predict) and re.search(r"--out\s+-o\s+PATH\s", predict)
+    assert re.search(r"--workers\s+INTEGER \[x>=1\]", predict) and re.search(r"--seed\s+INTEGER\s", predict)
+    assert re.search(r"--statistics\s+Also", predict) and re.search(r"--help\s+Show", predict)  # flags: no type
+    assert re.search(r"--instances\s+labels\|binary\s", pages["vertseg evaluate"])
+    assert re.search(r"--init-from\s+CKPT\s", pages["vertseg train"])  # a metavar the code gives is kept
+    assert re.search(r"--version\s+Print", pages["vertseg"])  # `vertseg --help` is click's plain text when piped
+
+
+def test_no_help_outside_bench_points_into_the_docs_folder(tmp_path):
+    """docs/ is in the repository, not in the wheel: a pip user's help and errors say what they mean instead (the
+    developer benchmarks, run from a checkout, may name docs/benchmarks.md, their output)."""
+    from vertseg.weights import Registry, RegistryError
 
     for name, command, _ in _commands():
-        texts = [command.help or ""] + [getattr(p, "help", "") or "" for p in command.params]
-        for text in texts:
-            assert not re.search(r"\bissue \d+|[a-z]\.[A-Z]{3,}_[A-Z_]{3,}", text), f"{name}: {text}"
+        if not name.startswith("bench"):
+            assert not any("docs/" in text for text in _help_texts(command)), name
+    for name, page in _help_pages():
+        if not name.startswith("vertseg bench"):
+            assert "docs/" not in page, f"{name}:\n{page}"
+    with pytest.raises(RegistryError) as error:
+        Registry(tmp_path / "weights").get()
+    assert "docs/" not in str(error.value) and "vertseg weights import --help" in str(error.value)
 
 
 def test_predict_refuses_a_setting_the_model_fixes(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from rich.console import Console
 from rich.progress import Progress
 
@@ -172,3 +173,44 @@ def test_cli_fast_prints_one_stage_line_per_case(tmp_path):
     assert record["spine_box"]["method"] in ("bone", "none (no spine found)")  # --fast names the bone heuristic
     lines = [line for line in result.output.splitlines() if line.startswith("levels: load ")]
     assert len(lines) == 1 and f"({record['windows']} windows)" in lines[0]
+
+
+class _AutocastProbe(torch.nn.Module):
+    """Records whether each forward pass runs under CPU autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.autocast: list[bool] = []
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+
+    def forward(self, x):
+        from vertseg.model.output import SegIdOutput
+
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        out = self.conv(x)
+        return SegIdOutput(seg=[out[:, :1]], identification=None)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_runs_the_windows_in_bf16_only_where_the_device_computes_bf16(monkeypatch, native):
+    """bf16 doubles the window rate on a CPU with AVX512-BF16 and halves it on one without: `--fast` asks for it,
+    the device decides; the default path stays float32 everywhere."""
+    import vertseg.inference.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "native_bf16", lambda device: native)
+    batch = torch.zeros((1, 1, 16, 16, 16))
+    for overrides, expected in ((list(FAST_OVERRIDES), native), ([], False)):
+        probe = _AutocastProbe()
+        seg, _ = Predictor(probe, build_config(copy.deepcopy(TINY), overrides), "cpu").net(batch)
+        assert probe.autocast == [expected] and seg.shape == (1, 1, 16, 16, 16)
+
+
+def test_cpu_bf16_training_is_opt_in_and_only_where_native(monkeypatch):
+    import vertseg.training.trainer as trainer_module
+    from vertseg.training.trainer import Trainer
+
+    small = ["model.base_width=2", "model.bottleneck=none", "data.patch_size=[16,16,16]"]
+    for native in (True, False):
+        monkeypatch.setattr(trainer_module, "native_bf16", lambda device, native=native: native)
+        assert not Trainer(build_config({}, small)).autocast
+        assert Trainer(build_config({}, small + ["train.cpu_bf16=true"])).autocast == native

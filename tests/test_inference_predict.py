@@ -24,6 +24,7 @@ from vertseg.inference.column import find_column
 from vertseg.inference.model_loading import CheckpointError, load_model, random_model
 from vertseg.inference.predictor import Predictor
 from vertseg.inference.runner import predict_all, write_summary
+from vertseg.inference.writers import OutputOptions
 
 TINY = {
     "model": {"base_width": 2, "bottleneck": "none", "cbam_placement": "none"},
@@ -270,9 +271,13 @@ def test_zarr_store_cases_predict_onto_their_original_grid(tmp_path):
 
     jobs = collect_jobs([store])
     assert [(j.case_id, j.store) for j in jobs] == [("levels", store)]
-    records = predict_all(Predictor(OracleNet(), config, "cpu"), jobs, tmp_path / "out")
+    records = predict_all(Predictor(OracleNet(), config, "cpu"), jobs, tmp_path / "out",
+                          options=OutputOptions(statistics=True))
     assert records[0]["status"] == "ok", records[0].get("traceback")
     assert records[0]["vertebrae"] == ["L3", "L4", "L5"]
+    statistics = json.loads((tmp_path / "out" / "levels" / "levels_statistics.json").read_text())["vertebrae"]
+    assert [row["hu_median_body"] for row in statistics] == [400.0, 700.0, 1000.0]
+    assert {row["hu_mean_vertebra"] for row in statistics} == {None}  # the store keeps no original pixels to read
     seg = nib.load(str(tmp_path / "out" / "levels" / "levels_seg.nii.gz"))
     original = nib.load(str(tmp_path / "levels.nii.gz"))
     assert seg.shape == original.shape

@@ -132,6 +132,17 @@ def test_tables_agree_by_name_and_export_to_totalsegmentator():
     assert round_trip.tolist() == [20, 1, labels.SACRUM, 0, 0]
 
 
+def test_vertebra_names_of_a_roi_subset_verse_or_totalsegmentator():
+    """`--roi-subset`: VerSe and TotalSegmentator names, commas or blanks, in anatomical order (T13 between T12 and
+    L1); a name of no vertebra (sacrum included: no model labels it) is refused by name."""
+    assert labels.vertebra_labels(["L1,vertebrae_T12", "l2 T13", "L1"]) == (19, labels.T13, 20, 21)
+    assert labels.vertebra_labels(["C1", "vertebrae_L6"]) == (1, labels.L6)
+    for bad, named in ((["L1,X9"], "'X9'"), (["sacrum"], "'sacrum'"), (["vertebrae_S1"], "'vertebrae_S1'"),
+                       ([" , "], "no vertebra named")):
+        with pytest.raises(ValueError, match=named):
+            labels.vertebra_labels(bad)
+
+
 def test_unknown_label_format_is_refused_before_any_work(tmp_path):
     _nifti(tmp_path / "x.nii.gz", np.zeros(SHAPE))
     with pytest.raises(ValueError, match="unknown label format"):

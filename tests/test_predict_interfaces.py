@@ -27,6 +27,7 @@ from vertseg.inference.predictor import Predictor
 from vertseg.inference.runner import predict_all
 from vertseg.inference.statistics import vertebra_statistics
 from vertseg.inference.writers import OutputOptions, Vertebra
+from vertseg.labels import vertebra_labels
 
 ORACLE_CONFIG = {**TINY, "inference": {**TINY["inference"], "overlap": 0.5, "min_fragment_ml": 0.1}}
 HU_OF = {"L3": 400.0, "L4": 700.0, "L5": 1000.0}  # OracleNet.LEVELS by name
@@ -124,14 +125,19 @@ def test_statistics_read_the_body_not_the_posterior_elements():
     vertebrae = [Vertebra(19, 300, 0.3, 0.9, (0, 0, 0), (1.0, 2.0, 3.0)),
                  Vertebra(20, int(volume * 1000), volume, 0.8, (0, 0, 0), (-10.0, 20.0, 30.0)),
                  Vertebra(21, 72, 0.072, float("nan"), (0, 0, 0), (0.0, 0.0, 0.0))]
-    rows = vertebra_statistics(vertebrae, store, store, hu, {20: np.array([10.0, 12.0, 10.0])}, 1.0)
+    centroids = {20: np.array([10.0, 12.0, 10.0])}
+    rows = vertebra_statistics(vertebrae, store, store, hu, centroids, 1.0, hu)
     l1 = rows[1]
     assert l1["name"] == "L1" and l1["hu_mean_body"] == 250.0 and l1["hu_median_body"] == 250.0
     assert [row["touches_border"] for row in rows] == [True, False, True]
     assert rows[2]["confidence"] is None
     assert (l1["centroid_ras_x"], l1["centroid_ras_y"], l1["centroid_ras_z"]) == (10.0, -20.0, 30.0)
     whole_mean = float(hu[store == 20].mean())
-    assert whole_mean > 400  # what a label-wide mean would have reported
+    assert whole_mean > 400  # what a label-wide mean reports: the whole-vertebra columns, beside the body's
+    assert l1["hu_mean_vertebra"] == round(whole_mean, 1) and l1["hu_median_vertebra"] == 250.0  # 1500 vs 720 voxels
+    assert (rows[0]["hu_mean_vertebra"], rows[2]["hu_median_vertebra"]) == (300.0, -100.0)
+    store_case = vertebra_statistics(vertebrae, store, store, hu, centroids, 1.0, None)  # a Zarr case: no original pixels
+    assert store_case[1]["hu_mean_body"] == 250.0 and store_case[1]["hu_mean_vertebra"] is None
 
 
 def _ctbl(path: Path) -> dict[int, str]:
@@ -204,6 +210,101 @@ def test_totalseg_numbering_is_one_story_across_labelmap_header_tables_and_evalu
         [case] = report.cases
         assert not case.failure and case.multilabel_dice == pytest.approx(1.0, abs=0.02)
         assert all(case.id_correct.values()) and sorted(case.id_correct) == [22, 23, 24]
+
+
+def _rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["vertebrae"]
+
+
+def test_roi_subset_per_vertebra_masks_and_whole_vertebra_hu(tmp_path, oracle):
+    """--roi-subset L3,vertebrae_L5,T12 (T12 not in the scan) --per-vertebra --statistics: every output carries
+    exactly L3 and L5, each mask file is its label of the labelmap, and the whole-vertebra HU are the input's HU over
+    the written label. A second run into the same folder leaves no mask of the first behind."""
+    _levels_phantom(tmp_path / "levels.nii.gz")
+    ct = nib.load(str(tmp_path / "levels.nii.gz"))
+    jobs = collect_jobs([tmp_path / "levels.nii.gz"])
+    predict_all(oracle, jobs, tmp_path / "full")
+    subset = vertebra_labels(["L3,vertebrae_L5", "T12"])
+    options = OutputOptions(statistics=True, roi_subset=subset, per_vertebra=True)
+    [record] = predict_all(oracle, jobs, tmp_path / "out", options=options)
+    assert record["vertebrae"] == ["L3", "L5"] and record["notes"] == ["roi subset: T12 not found in this scan"]
+    case = tmp_path / "out" / "levels"
+    whole = np.asarray(nib.load(str(tmp_path / "full" / "levels" / "levels_seg.nii.gz")).dataobj)
+    seg = np.asarray(nib.load(str(case / "levels_seg.nii.gz")).dataobj)
+    assert set(np.unique(whole)) == {0, 22, 23, 24}
+    np.testing.assert_array_equal(seg, np.where(np.isin(whole, (22, 24)), whole, 0))  # L4 gone, the rest as predicted
+    assert [entry["label"] for entry in json.loads((case / "levels_ctd.json").read_text())[1:]] == [22, 24]
+    for name in ("vertebrae", "statistics"):
+        assert [row["label"] for row in _rows(case / f"levels_{name}.json")] == [22, 24]
+        assert [line.split(",")[0] for line in (case / f"levels_{name}.csv").read_text().splitlines()[1:]] == ["22", "24"]
+    assert {i["label"] for i in json.loads((case / "levels_vertebrae.json").read_text())["instances"]} == {22, 24}
+
+    masks = sorted((case / "vertebrae").iterdir())
+    assert [path.name for path in masks] == ["L3.nii.gz", "L5.nii.gz"]
+    for path, label in zip(masks, (22, 24)):
+        mask = nib.load(str(path))
+        assert mask.get_data_dtype() == np.uint8 and mask.shape == ct.shape
+        np.testing.assert_array_equal(mask.affine, ct.affine)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), (seg == label).astype(np.uint8))
+
+    hu = ct.get_fdata()
+    for row in _rows(case / "levels_statistics.json"):
+        voxels = hu[seg == row["label"]]
+        assert row["hu_mean_vertebra"] == pytest.approx(voxels.mean(), abs=0.051), row
+        assert row["hu_median_vertebra"] == pytest.approx(np.median(voxels), abs=0.051), row
+    assert _rows(case / "levels_statistics.json")[0]["hu_mean_vertebra"] < 399  # the label's rim, not the body alone
+
+    predict_all(oracle, jobs, tmp_path / "out", options=OutputOptions(labels="totalseg", roi_subset=(23,), per_vertebra=True))
+    total = np.asarray(nib.load(str(case / "levels_seg.nii.gz")).dataobj)
+    np.testing.assert_array_equal(total, np.where(whole == 23, 28, 0))  # TotalSegmentator v2: L4 = 28
+    [mask] = (case / "vertebrae").iterdir()
+    assert mask.name == "vertebrae_L4.nii.gz"
+    np.testing.assert_array_equal(np.asarray(nib.load(str(mask)).dataobj), (whole == 23).astype(np.uint8))
+
+
+def test_api_roi_subset_and_whole_vertebra_hu(tmp_path, oracle):
+    _levels_phantom(tmp_path / "levels.nii.gz")
+    hu = nib.load(str(tmp_path / "levels.nii.gz")).get_fdata()
+    result = vertseg.predict(tmp_path / "levels.nii.gz", checkpoint=oracle, roi_subset="vertebrae_L4")
+    seg = np.asarray(result.labelmap.dataobj)
+    assert result.names == ["L4"] and set(np.unique(seg)) == {0, 23}
+    [row] = result.vertebrae
+    assert row["hu_mean_vertebra"] == pytest.approx(hu[seg == 23].mean(), abs=0.051)
+    with pytest.raises(ValueError, match="unknown vertebra 'L9'"):
+        vertseg.predict(tmp_path / "levels.nii.gz", checkpoint=oracle, roi_subset=["L4", "L9"])
+
+
+def test_cli_roi_subset_per_vertebra_and_quiet(tmp_path, monkeypatch):
+    """The options reach the files from the command line; --quiet prints nothing on success, and only the failed
+    case's line (exit 1) when one fails; a name that is no vertebra stops it before any work."""
+    import vertseg.cli.predict as cli_predict
+
+    oracle = Predictor(OracleNet(), build_config(ORACLE_CONFIG), "cpu")
+    monkeypatch.setattr(cli_predict, "_build_predictor", lambda *args: (oracle, "oracle"))
+    _levels_phantom(tmp_path / "levels.nii.gz")
+    scan = str(tmp_path / "levels.nii.gz")
+    runner = CliRunner()
+    args = ["predict", "-i", scan, "--random-weights", "--roi-subset", "L3,T12", "--roi-subset", "L5", "--per-vertebra",
+            "--statistics"]
+    loud = runner.invoke(app, [*args, "-o", str(tmp_path / "loud")])
+    assert loud.exit_code == 0, loud.output
+    assert "roi subset: T12 not found" in loud.output and "1/1 case(s) written" in loud.output
+    quiet = runner.invoke(app, [*args, "-o", str(tmp_path / "quiet"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    case = tmp_path / "quiet" / "levels"
+    assert sorted(p.name for p in (case / "vertebrae").iterdir()) == ["L3.nii.gz", "L5.nii.gz"]
+    assert [row["name"] for row in _rows(case / "levels_statistics.json")] == ["L3", "L5"]
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.nii.gz").write_bytes(b"not a nifti file")
+    failing = runner.invoke(app, ["predict", "-i", scan, "-i", str(tmp_path / "bad" / "broken.nii.gz"), "-o",
+                                  str(tmp_path / "failing"), "--random-weights", "-q"])
+    assert failing.exit_code == 1
+    assert failing.output.startswith("failed broken: ") and len(failing.output.strip().splitlines()) == 1, failing.output
+    unknown = runner.invoke(app, ["predict", "-i", scan, "-o", str(tmp_path / "never"), "--random-weights", "-q",
+                                  "--roi-subset", "L1,X9"])
+    assert unknown.exit_code == 2 and "--roi-subset: unknown vertebra 'X9'" in unknown.output
+    assert not (tmp_path / "never").exists()
 
 
 def test_nrrd_and_metaimage_inputs(tmp_path, oracle):

@@ -143,7 +143,8 @@ def test_train_job_checkpoints_on_the_warning_signal_requeues_and_finishes_the_r
 
     text = log_of(job)
     assert "warning signal: stopping the command" in text and f"requeueing job {job}" in text
-    assert "stopped (resume with --resume)" in text
+    assert "run vs-train stopped before its last epoch; resume it with: vertseg train" in text
+    assert "command exited with status 130" in text  # stopped by the warning signal, not finished
     assert re.search(r"resumed at epoch [1-9]", text) and "finished after 12 epochs" in text
     assert "--address auto --name vs-train --auto-resume" in text
     state = torch.load(run_dir / "best" / "checkpoint.pt", map_location="cpu", weights_only=True)

@@ -10,15 +10,17 @@ from zarr.codecs import BloscCodec
 from vertseg.data.chunks import ShardedArrayReader, UnsupportedLayout
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("compressors", [BloscCodec(cname="lz4hc", clevel=8, shuffle="shuffle"), None])
-def test_windows_match_zarr_python(tmp_path, compressors):
+def test_windows_match_zarr_python(tmp_path, compressors, compiled):
     rng = np.random.default_rng(0)
     data = rng.integers(-1000, 2000, size=(45, 37, 29)).astype(np.int16)
     data[:20, :16, :] = -1024  # whole chunks of fill value are not stored
     array = zarr.create_array(str(tmp_path / "a"), data=data, shards=(16, 16, 16), chunks=(8, 8, 16),
                               compressors=compressors, fill_value=-1024)
-    reader = ShardedArrayReader(tmp_path / "a")
+    reader = ShardedArrayReader(tmp_path / "a", compiled=compiled)
     assert reader.shape == data.shape and reader.dtype == np.int16
+    assert reader.compiled == (compiled and compressors is not None)  # blosc arrays: one compiled call per window
     for _ in range(40):
         lo = rng.integers(0, data.shape)
         hi = [rng.integers(low, n + 1) for low, n in zip(lo, data.shape)]
@@ -27,6 +29,35 @@ def test_windows_match_zarr_python(tmp_path, compressors):
     np.testing.assert_array_equal(reader.read(()), data)
     with pytest.raises(IndexError):
         reader.read((slice(0, 46),))
+
+
+@pytest.mark.parametrize("dtype, fill, compressors", [
+    (np.int16, -1024, BloscCodec(cname="lz4hc", clevel=5, shuffle="shuffle")),
+    (np.uint8, 0, BloscCodec(cname="lz4hc", clevel=5, shuffle="bitshuffle")),
+    (np.int16, -1024, None),
+])
+def test_the_lean_writer_makes_the_shards_zarr_python_makes(tmp_path, dtype, fill, compressors):
+    """Same shard files, same sizes (frames and index), and zarr-python reads back the data, edge chunks and
+    chunks of fill value (left out) included."""
+    from vertseg.data.shard_writer import write_shards
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 200, size=(45, 37, 29)).astype(dtype)
+    data[:20, :16, :] = fill
+    data[32:, :, 16:] = fill  # a whole edge shard of fill value: no file
+    layout = dict(shards=(16, 16, 16), chunks=(8, 8, 16), compressors=compressors, fill_value=fill)
+    zarr.create_array(str(tmp_path / "zarr"), data=data, **layout)
+    zarr.create_array(str(tmp_path / "lean"), shape=data.shape, dtype=data.dtype, **layout)
+    write_shards(tmp_path / "lean", data)
+
+    def shard_files(name):
+        return {p.relative_to(tmp_path / name).as_posix(): p.stat().st_size for p in (tmp_path / name).rglob("c/*/*/*")}
+
+    assert shard_files("lean") == shard_files("zarr")
+    assert "c/2/0/1" not in shard_files("lean")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "lean"), mode="r")[...], data)
+    with pytest.raises(ValueError, match="data is"):
+        write_shards(tmp_path / "lean", data[:-1])
 
 
 def test_unsharded_arrays_are_refused(tmp_path):

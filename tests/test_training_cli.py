@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -100,3 +102,101 @@ def test_training_on_non_finite_numbers_exits_non_zero_and_keeps_the_last_good_c
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("vertseg").experiment_id])
     assert run.info.status == "FAILED"  # not left RUNNING
+
+
+def _mlflow_run(runs):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("vertseg").experiment_id])
+    return client, run
+
+
+def test_training_reports_steps_before_the_first_epoch_ends(tmp_path):
+    """A step line (step k/total, loss, steps/s, epoch ETA) and step metrics in MLflow from the first step on, then
+    every train.log_every_steps steps: an epoch of a paper-sized run takes minutes on a laptop."""
+    store = make_store(tmp_path / "s.zarr", {"training": 2, "validation": 1})
+    sets = ["train.method=fsl", "train.schedule.epochs=1", "train.schedule.iterations_per_epoch=3",
+            "train.log_every_steps=2"]
+    args = _args(store, tmp_path / "runs", "--name", "steps") + [x for item in sets for x in ("--set", item)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    epoch_end = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1 | loss"))
+    steps = [line for line in lines[:epoch_end] if line.startswith("epoch 1/1 step ")]
+    assert [line.split(" | ")[0] for line in steps[:2]] == ["epoch 1/1 step 1/3", "epoch 1/1 step 2/3"]
+    assert all(" steps/s | epoch ETA " in line for line in steps)
+    client, run = _mlflow_run(tmp_path / "runs")
+    assert {1, 2} <= {m.step for m in client.get_metric_history(run.info.run_id, "step/loss")}
+
+
+def _interrupt(command: list[str], log, wait_for: str) -> int:
+    """Run `command` until its output shows `wait_for`, then send SIGINT to its process group (what Ctrl-C does);
+    its exit code."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                   stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 900  # a hang guard, not a speed claim
+            while wait_for not in log.read_text():
+                assert process.poll() is None and time.monotonic() < deadline, f"no {wait_for!r}:\n{log.read_text()}"
+                time.sleep(0.2)
+            os.killpg(process.pid, signal.SIGINT)
+            return process.wait(timeout=900)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _resume_words(output: str) -> list[str]:
+    import shlex
+
+    return shlex.split(next(line.split("resume it with: ", 1)[1] for line in output.splitlines()
+                            if "resume it with: " in line))
+
+
+CTRL_C_SETS = ["train.method=fsl", "train.schedule.iterations_per_epoch=100000"]  # an epoch that outlasts the test
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_checkpoint_ends_the_mlflow_run_killed_and_prints_the_resume_command(tmp_path):
+    """Ctrl-C mid-epoch: exit 130, a checkpoint of the steps done, the MLflow run KILLED (not RUNNING), and a
+    printed command line that resumes the same run from there."""
+    from vertseg.training.checkpoint import load_checkpoint
+
+    store = make_store(tmp_path / "s.zarr", {"training": 2, "validation": 1})
+    runs, log = tmp_path / "runs", tmp_path / "train.log"
+    args = _args(store, runs, "--name", "ctrl-c") + [x for item in CTRL_C_SETS for x in ("--set", item)]
+    assert _interrupt([sys.executable, "-m", "vertseg", *args], log, "epoch 1/2 step 2/100000") == 130, log.read_text()
+    latest = load_checkpoint(runs / "ctrl-c" / "checkpoints" / "latest.pt")
+    assert latest["epoch"] == 0 and latest["step"] >= 2
+    client, run = _mlflow_run(runs)
+    assert run.info.status == "KILLED"
+    words = _resume_words(log.read_text())
+    all_sets = [x for item in SETS + CTRL_C_SETS for x in ("--set", item)]
+    assert words == ["vertseg", "train", "--store", str(store), *all_sets, "--cpu-workers", "0", "--out", str(runs),
+                     "--name", "ctrl-c", "--resume"]
+
+    assert _interrupt([sys.executable, "-m", "vertseg", *words[1:]], log, "resumed ctrl-c") == 130, log.read_text()
+    assert f"resumed ctrl-c at epoch 0 (step {latest['step']})" in log.read_text()
+    assert client.get_run(run.info.run_id).info.status == "KILLED"  # the same MLflow run, re-attached and ended
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_ray_training_stops_its_workers_after_a_step_with_a_checkpoint(ray_cluster, tmp_path):
+    """The same on Ray Train (--cpu-workers 1), whose own SIGINT handler would abort the workers: no checkpoint
+    of the interrupted epoch, the MLflow run left RUNNING and exit code 0."""
+    from vertseg.distributed.train import ray_checkpoints
+    from vertseg.training.checkpoint import load_checkpoint
+
+    store = make_store(tmp_path / "s.zarr", {"training": 2, "validation": 1})
+    runs, log = tmp_path / "runs", tmp_path / "train.log"
+    args = _args(store, runs, "--name", "ray-c") + [x for item in CTRL_C_SETS for x in ("--set", item)]
+    args[args.index("--cpu-workers") + 1] = "1"
+    assert _interrupt([sys.executable, "-m", "vertseg", *args], log, "epoch 1/2 step 2/100000") == 130, log.read_text()
+    [checkpoint] = ray_checkpoints(runs / "ray-c")
+    state = load_checkpoint(checkpoint / "checkpoint.pt")
+    assert state["epoch"] == 0 and state["step"] >= 2
+    assert _mlflow_run(runs)[1].info.status == "KILLED"
+    assert _resume_words(log.read_text())[-5:] == ["--out", str(runs), "--name", "ray-c", "--resume"]

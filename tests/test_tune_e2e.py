@@ -118,6 +118,60 @@ def test_two_trial_smoke_sweep_with_run_training_is_tracked_and_reported(ray_clu
 
 
 @pytest.mark.slow
+def test_ctrl_c_counts_trials_by_state_and_prints_the_command_that_resumes_the_sweep(ray_cluster, store, tmp_path):
+    """Ctrl-C (SIGINT to the CLI's process group) while the second trial runs: Tune stops it, the summary says one
+    finished and one interrupted, the exit code is 130, the parent run is KILLED, and the printed vertseg command
+    (not Tune's `Tuner.restore` advice) finishes the sweep."""
+    import shlex
+
+    from tune_helpers import HOLD_FILE
+
+    sweep_file = _sweep_file(tmp_path, store, workers=1)
+    runs = tmp_path / "runs"
+    held = runs / "sweeps/tau/train" / HOLD_FILE  # the second trial waits after its first report while this exists
+    held.parent.mkdir(parents=True)
+    held.write_text("tau-seg-end-0-9-s7")
+    command = [sys.executable, "-m", "vertseg", "tune", str(sweep_file), "--smoke", "--max-concurrent", "1",
+               "--out", str(runs)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    reported = runs / "sweeps/tau/tune/tau-seg-end-0-9-s7/result.json"  # Tune's record of the trial's reports
+    with open(tmp_path / "tune.log", "w") as log:
+        first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=log)
+        deadline = time.monotonic() + 1800  # a hang guard, not a speed claim
+        try:
+            while time.monotonic() < deadline and first.poll() is None and not (
+                    reported.exists() and reported.stat().st_size):
+                time.sleep(0.5)
+            assert first.poll() is None, "the sweep ended before the held trial reported"
+            os.killpg(first.pid, signal.SIGINT)
+            first.wait(timeout=1800)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+    output = (tmp_path / "tune.log").read_text()
+    text = " ".join(output.split())
+    assert first.returncode == 130, output
+    assert "1 trials finished, 0 failed, 1 interrupted or not started" in text
+    assert "sweep tau interrupted; resume it with: vertseg tune" in text and "Tuner.restore" not in output
+    state = json.loads((runs / "sweeps/tau/state.json").read_text())
+    assert tracking.client(state["mlflow_uri"]).get_run(state["parent_run_id"]).info.status == "KILLED"
+    children = {r.data.tags["mlflow.runName"][-18:]: r.info.status
+                for r in _trial_runs(state["mlflow_uri"], state["parent_run_id"])}
+    assert children == {"tau-seg-end-0-6-s7": "FINISHED", "tau-seg-end-0-9-s7": "KILLED"}  # none left RUNNING
+    resume = next(line.split("resume it with: ", 1)[1] for line in output.splitlines() if "resume it with: " in line)
+    words = shlex.split(resume)
+    assert words[:2] == ["vertseg", "tune"] and words[-1] == "--resume"
+
+    held.unlink()
+    resumed = subprocess.run([sys.executable, "-m", "vertseg", *words[1:]], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=1800)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "2 trials finished, 0 failed;" in " ".join(resumed.stderr.split())
+    assert tracking.client(state["mlflow_uri"]).get_run(state["parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_retraining_finished_trials(ray_cluster, store, tmp_path):
     """`vertseg tune` is SIGKILLed after its first trial; `--resume` finishes the sweep under the same parent,
     retrying the remaining trial after an injected failure."""

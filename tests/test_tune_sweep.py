@@ -149,6 +149,33 @@ def test_run_sweep_refuses_bad_store_and_missing_state_before_writing(tmp_path):
     assert not (tmp_path / "runs").exists()  # no MLflow parent, no state: a corrected rerun starts cleanly
 
 
+@pytest.mark.parametrize("started", [True, False])
+def test_second_ctrl_c_exits_130_with_the_resume_command(tmp_path, monkeypatch, started):
+    """A Ctrl-C that escapes Ray Tune (a second one, or one before Tune runs) still says how to resume the sweep,
+    with the options given; one before the sweep wrote its state says there is nothing to resume."""
+    import vertseg.tuning.runner as runner
+
+    def interrupted(plan, *, root, **_):
+        if started:
+            runner.sweep_folder(root, plan.sweep.name).mkdir(parents=True)
+            (runner.sweep_folder(root, plan.sweep.name) / runner.STATE_FILE).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_sweep", interrupted)
+    (tmp_path / "base.yaml").write_text("{}\n")
+    (tmp_path / "s.zarr").mkdir()
+    path = _write(tmp_path, GOOD.replace("s.zarr", str(tmp_path / "s.zarr")))
+    args = ["tune", str(path), "--smoke", "--out", str(tmp_path / "my runs"), "--workers-per-trial", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    text = " ".join(result.output.split())
+    if started:
+        assert (f"sweep demo interrupted; resume it with: vertseg tune {path} --workers-per-trial 2 --smoke --out "
+                f"'{tmp_path / 'my runs'}' --resume") in text
+    else:
+        assert "sweep demo interrupted; it had not started; nothing to resume" in text
+
+
 def test_store_options_replace_the_sweep_files_stores(tmp_path):
     (tmp_path / "base.yaml").write_text("{}\n")
     path = _write(tmp_path, GOOD.replace("{store: s.zarr}", "{store: s.zarr, unlabeled: u.zarr}"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FAIL_ONCE_FILE = "FAIL_ONCE"  # in storage_path: the next trial to start deletes it and fails (Tune must retry)
+HOLD_FILE = "HOLD"  # in storage_path: the trial whose key it holds waits after each report while the file exists
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,14 @@ class StandInResult:
 
 def expected_dice(tau_seg_end: float, seed: int) -> float:
     return 0.8 + 0.1 * tau_seg_end + 0.001 * seed
+
+
+def _hold(cfg: dict) -> None:
+    """Keep a trial running (a sweep to interrupt) until the test removes the hold file."""
+    import time
+
+    while cfg["hold"] and Path(cfg["hold"]).exists():
+        time.sleep(0.2)
 
 
 def _loop(cfg: dict) -> None:
@@ -67,6 +76,7 @@ def _loop(cfg: dict) -> None:
                 for key, value in metrics.items():
                     client.log_metric(run.info.run_id, key, value, step=epoch)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+        _hold(cfg)
     if run is not None:
         client.set_terminated(run.info.run_id)
 
@@ -82,6 +92,7 @@ def train(config, store, unlabeled, *, num_workers, use_gpu, run_name, storage_p
     if request.exists():  # a file, not an env var: trials run in Ray workers that do not see the driver's env
         request.unlink()
         raise RuntimeError("injected trial failure")
+    hold = Path(storage_path) / HOLD_FILE
     seed = config.train.seed
     loop_config = {
         "seed": seed,
@@ -90,6 +101,7 @@ def train(config, store, unlabeled, *, num_workers, use_gpu, run_name, storage_p
         "mlflow_uri": mlflow_uri,
         "parent": mlflow_parent_run_id,
         "run_name": run_name,
+        "hold": str(hold) if hold.exists() and run_name.endswith(hold.read_text().strip()) else None,
     }
     trainer = TorchTrainer(
         _loop,

@@ -21,7 +21,8 @@ AFFINE_TOLERANCE = 1e-4
 class Result:
     """`labelmap`: nibabel Nifti1Image (uint8; VerSe labels, or TotalSegmentator v2 ids with labels="totalseg") on
     the input's grid with its RAS affine. `vertebrae`: one dict per vertebra (`inference.statistics.STATISTICS_FIELDS`:
-    name, volume_ml, body HU mean/median, RAS centroid, confidence, touches_border). `seconds`: time per step."""
+    name, volume_ml, body and whole-vertebra HU mean/median, RAS centroid, confidence, touches_border). `seconds`:
+    time per step."""
 
     labelmap: Any
     vertebrae: list[dict]
@@ -132,6 +133,7 @@ def predict(
     device: str = "auto",
     labels: Literal["verse", "totalseg"] = "verse",
     overrides: list[str] | None = None,
+    roi_subset: str | list[str] | None = None,
 ) -> Result:
     """Segment and name the vertebrae of one CT scan (HU).
 
@@ -139,16 +141,20 @@ def predict(
     nibabel axis order (i, j, k) with `affine` (4x4, RAS). `checkpoint`: a checkpoint path, None (the default model
     of the `vertseg weights` registry), or a network loaded once with `vertseg.api.load` (then `fast`, `device` and
     `overrides` were given to `load`). `labels`: numbering of the returned labelmap, VerSe or TotalSegmentator v2.
+    `roi_subset`: only these vertebrae in the labelmap and rows ("T12,L1" or ["T12", "vertebrae_L1"]); the whole
+    spine is still predicted, as identification reads the whole sequence.
     """
     import nibabel as nib
 
     from vertseg.inference.predictor import Predictor
-    from vertseg.inference.runner import Timer, predict_store_frame, to_original
+    from vertseg.inference.runner import Timer, predict_store_frame, to_original, unfound_notes
     from vertseg.inference.statistics import vertebra_statistics
     from vertseg.inference.writers import export_labels
+    from vertseg.labels import vertebra_labels
 
     if labels not in ("verse", "totalseg"):
         raise ValueError(f"labels must be 'verse' or 'totalseg', not {labels!r}")
+    subset = None if roi_subset is None else vertebra_labels([roi_subset] if isinstance(roi_subset, str) else roi_subset)
     if isinstance(checkpoint, Predictor):
         if fast or device != "auto" or overrides:
             raise ValueError("fast, device and overrides belong to vertseg.api.load when a loaded network is passed")
@@ -161,10 +167,12 @@ def predict(
             scan, ras_affine = _load_scan(image, affine, predictor, Path(unpack_dir))
         prediction = predict_store_frame(predictor, scan, timer)
     with timer.step("postprocess"):
-        original = to_original(scan, prediction, predictor.config.inference.label_resampling)
+        whole = to_original(scan, prediction, predictor.config.inference.label_resampling)
+        original = whole.subset(subset)
         rows = vertebra_statistics(original.vertebrae, original.labels, prediction.labels, scan.hu,
-                                   prediction.centroids_zyx, predictor.spacing)
+                                   prediction.centroids_zyx, predictor.spacing, scan.original_hu)
         exported, notes = export_labels(original.labels, labels)
+        notes = unfound_notes(subset, whole.vertebrae) + notes
         labelmap = nib.Nifti1Image(np.ascontiguousarray(exported.transpose(2, 1, 0), dtype=np.uint8), ras_affine)
     seconds = {step: round(value, 4) for step, value in timer.seconds.items()}
     return Result(labelmap, rows, prediction.box.to_dict(), seconds, notes)

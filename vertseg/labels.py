@@ -104,8 +104,8 @@ def apply_policy(verse_labelmap: np.ndarray, protocol: Protocol, policy: Transit
 
     Sacrum and coccyx are not vertebra targets and always become 0.
     """
-    lut = protocol.class_lut(policy)
-    return protocol.verse_lut()[lut[verse_labelmap.astype(np.uint8)]]
+    to_verse = protocol.verse_lut()[protocol.class_lut(policy)].astype(np.uint8)  # one table: one pass over the volume
+    return to_verse[verse_labelmap.astype(np.uint8, copy=False)]
 
 
 # Spine rows of TotalSegmentator's multilabel `total` task, copied from wasserth/TotalSegmentator,
@@ -143,6 +143,25 @@ def verse_label_of(structure: str) -> int | None:
     if upper in _STRUCTURE_ALIASES:
         return _STRUCTURE_ALIASES[upper]
     return NAME_TO_VERSE.get(upper if upper != "CO" else "Co")
+
+
+VERTEBRA_LABELS = frozenset(label for labels in REGIONS.values() for label in labels)  # what predict can label
+
+
+def vertebra_labels(names: list[str]) -> tuple[int, ...]:
+    """VerSe labels of vertebra names ('T12', 'L1', or TotalSegmentator's 'vertebrae_L1'; commas or blanks
+    separate several), in anatomical order; ValueError naming the first unknown one (sacrum and coccyx too: no
+    model labels them)."""
+    labels = set()
+    for name in (part for text in names for part in text.replace(",", " ").split()):
+        label = verse_label_of(name)
+        if label not in VERTEBRA_LABELS:
+            raise ValueError(f"unknown vertebra {name!r}: give C1-C7, T1-T13, L1-L6, or TotalSegmentator names "
+                             "such as vertebrae_L1")
+        labels.add(label)
+    if not labels:
+        raise ValueError("no vertebra named: give names such as T12,L1,L2")
+    return tuple(sorted(labels, key=anatomical_rank))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ from vertseg.bench.report import markdown_table, write_section
 
 METHODS = ("fsl", "seg_only", "proposed", "mean_teacher", "ua_mt", "cps", "unimatch")
 QUICK = ["model.base_width=8", "data.patch_size=[64,32,32]"]
+# `vertseg bench quality`'s CPU network and patch: the config every CPU experiment of this project trains with
+QUALITY_CPU = ["data.spacing_mm=2.0", "data.patch_size=[64,48,48]", "model.base_width=16"]
+SPEED_METHODS = ("fsl", "proposed")
+# Settings tried for CPU steps/s, each against float32 on all cores in the same run
+SPEED_SETTINGS = {"float32, all cores (default)": [], "bf16 autocast (train.cpu_bf16=true)": ["train.cpu_bf16=true"]}
+CURVE_STEPS = 12  # steps of the loss-curve check
 
 
 def synthetic_batch(batch: int, shape: tuple[int, int, int], num_classes: int, seed: int) -> dict[str, torch.Tensor]:
@@ -35,6 +41,36 @@ def synthetic_batch(batch: int, shape: tuple[int, int, int], num_classes: int, s
 def _rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _loss_curve(method: str, overrides: list[str], seed: int, steps: int, queue: Any) -> None:
+    """Losses of `steps` steps from a `seed`-initialised network on fixed phantom batches, and the steps skipped
+    as non-finite."""
+    from vertseg.config import build_config
+    from vertseg.training.trainer import Trainer
+
+    config = build_config({}, overrides + [f"train.method={method}", f"train.seed={seed}"])
+    torch.manual_seed(seed)
+    trainer = Trainer(config, torch.device("cpu"))
+    trainer.epoch = config.train.schedule.e_ramp
+    shape = tuple(config.data.patch_size)
+    losses = []
+    for step in range(steps):
+        labeled = synthetic_batch(config.train.optim.labeled_batch_size, shape, config.model.num_classes, step)
+        unlabeled = synthetic_batch(config.train.optim.unlabeled_batch_size, shape, config.model.num_classes, 100 + step)
+        losses.append(trainer.train_step(labeled, unlabeled["image"])["loss"])
+    queue.put({"losses": losses, "skipped": trainer.skipped_steps})
+
+
+def _spawned(target, *args) -> dict:
+    """Run `target(*args, queue)` in a fresh process: its memory, threads and oneDNN caches are its own."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
 
 
 def _measure(method: str, overrides: list[str], steps: int, queue: Any) -> None:
@@ -68,13 +104,40 @@ def _measure(method: str, overrides: list[str], steps: int, queue: Any) -> None:
 
 
 def measure_method(method: str, overrides: list[str], steps: int) -> dict[str, float]:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure, args=(method, overrides, steps, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    return _spawned(_measure, method, overrides, steps)
+
+
+def run_cpu_speed_bench(steps: int = 3) -> Any:
+    """fsl and proposed steps/s at the quality bench's config under each of `SPEED_SETTINGS`, and whether the
+    faster settings keep the loss curve: their distance from float32 against the distance between two float32 seeds."""
+    import os
+
+    load_start = os.getloadavg()[0]
+    rows = []
+    for method in SPEED_METHODS:
+        base = None
+        reference = _spawned(_loss_curve, method, QUALITY_CPU, 0, CURVE_STEPS)["losses"]
+        other_seed = _spawned(_loss_curve, method, QUALITY_CPU, 1, CURVE_STEPS)["losses"]
+        noise = sum(abs(a - b) for a, b in zip(reference, other_seed)) / CURVE_STEPS
+        for name, extra in SPEED_SETTINGS.items():
+            step_s = measure_method(method, QUALITY_CPU + extra, steps)["step_s"]
+            base = base or step_s
+            if extra:
+                curve = _spawned(_loss_curve, method, QUALITY_CPU + extra, 0, CURVE_STEPS)
+                distance = sum(abs(a - b) for a, b in zip(curve["losses"], reference)) / CURVE_STEPS
+                curve_cell = f"{distance:.4f} vs {noise:.4f} ({distance / noise:.2f}); {curve['skipped']} skipped"
+            else:
+                curve_cell = "reference"
+            rows.append([method, name, f"{1 / step_s:.3f}", f"{base / step_s:.2f}x", curve_cell])
+    body = "\n\n".join([
+        f"Config of `vertseg bench quality` on CPU ({', '.join(QUALITY_CPU)}), batch 2 labeled + 2 unlabeled, "
+        f"{steps} timed steps after one warm-up, consistency at full weight; each setting in its own process. Loss "
+        f"curve: mean |loss - float32 loss| over {CURVE_STEPS} steps from the same seed and batches, against the "
+        "same distance between two float32 seeds (the noise; ratio in brackets), and the steps skipped as non-finite. "
+        f"Load average (1 min) at the start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
+        markdown_table(["method", "setting", "steps/s", "vs float32", "loss curve vs float32 (noise)"], rows),
+    ])
+    return write_section("train-cpu-speed", "Training steps per second on CPU: settings tried", "vertseg bench train --cpu-speed", body)
 
 
 def augmentation_rate(overrides: list[str], seconds: float = 5.0) -> float:

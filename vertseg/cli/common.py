@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import get_args
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperOption
 
 from vertseg.config import ConfigError, VertsegConfig, load_config
 
@@ -42,6 +44,55 @@ def config_or_exit(path: Path | None, overrides: list[str] | None) -> VertsegCon
         return load_config(path, overrides)
     except ConfigError as error:
         raise fail(str(error)) from None
+
+
+_PLAIN_TYPE_NAMES = {str: "TEXT", int: "INTEGER", float: "FLOAT", bool: "BOOLEAN"}
+
+
+def _plain_metavar(param: TyperArgument | TyperOption) -> str:
+    """A click-style metavar for a value: PATH, TEXT, INTEGER, FLOAT, or the choices as a|b (click's [a|b] less
+    the brackets, which wrapped onto a line of their own in narrow help). A repeatable option or a list argument
+    names its element (its help says it repeats); a range is shown after it as [x>=1]."""
+    descriptor = param.type_descriptor
+    if descriptor.choices is not None:
+        return "|".join(str(getattr(choice, "value", choice)) for choice in descriptor.choices)
+    annotation = descriptor.annotation
+    if descriptor.is_list and get_args(annotation):
+        annotation = get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, PurePath):
+        return "PATH"
+    return _PLAIN_TYPE_NAMES.get(annotation, getattr(annotation, "__name__", "VALUE").upper())
+
+
+class _PlainTypeArgument(TyperArgument):
+    """An argument whose help shows click's metavar (PATH) in the type column. Typer 0.29's Rich help prints
+    `param.display_type_rich()` there, which for an argument is `<list[Path]>`-style text whatever `metavar` says
+    (an argument's `metavar` renames the argument instead), so no setting reaches it; `plain_help_types` gives the
+    CLI's arguments this class."""
+
+    def display_type_rich(self, ctx) -> str:
+        return _plain_metavar(self)
+
+
+def plain_help_types(command, parent: typer.Context | None = None) -> None:
+    """Give every parameter under `command` the type text a click/argparse user expects in `--help`: none for a
+    flag, a short metavar (PATH, TEXT, INTEGER, a|b) for a value. Typer 0.29's Rich help otherwise prints
+    `<bool>` after every flag and `<list[Path]>`, `<str>`, `<int range>` after values. For options this sets
+    `metavar`, Typer's documented setting (a metavar given in the code is kept); arguments get
+    `_PlainTypeArgument`, as no setting exists for them. `--help` is made here, in the context the command will
+    run in, so that it is among them. Called once on the whole tree by the `vertseg` group."""
+    ctx = typer.Context(command, parent=parent, info_name=command.name, **command.context_settings)
+    help_option = command.get_help_option(ctx)
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if isinstance(param, TyperOption):
+            if param.is_flag or param.count:
+                param.metavar = ""
+            elif param.metavar is None:
+                param.metavar = _plain_metavar(param)
+        elif type(param) is TyperArgument:
+            param.__class__ = _PlainTypeArgument
+    for subcommand in getattr(command, "commands", {}).values():
+        plain_help_types(subcommand, ctx)
 
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config; missing keys take the paper defaults.")

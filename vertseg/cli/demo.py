@@ -41,7 +41,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per run (1 avoids oversubscribing CPUs)."),
         budget: int = typer.Option(1, "--budget", min=1, help="N x the epochs (same schedule shape); own section."),
         labeled_fraction: float = typer.Option(0.25, "--labeled-fraction", min=0.01, max=1.0,
-                                               help="Share of the labeled pool that keeps its labels (Table 2)."),
+                                               help="Share of the labeled pool that keeps its labels (the paper's Table 2)."),
         overrides: list[str] = typer.Option([], "--set", help="Config override key=value for every run (an ablation); own section."),
         test_cases: int = typer.Option(None, "--test-cases", min=1,
                                        help="Score on this many test phantoms (the pool's first ones and more; "

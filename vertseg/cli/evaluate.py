@@ -34,20 +34,22 @@ def evaluate(
         "Mask numbering: verse | ctspine1k | totalseg_v1 | totalseg_v2 | totalsegmentator (version read from the "
         "file, refused when it cannot tell). Default: the layout's own (VerSe, CTSpine1K), else verse."
     )),
-    by_region: bool = typer.Option(False, "--by-region", help="Add the cervical/thoracic/lumbar split (Table 5)."),
+    by_region: bool = typer.Option(False, "--by-region",
+                                   help="Add the cervical/thoracic/lumbar split (as the paper's Table 5)."),
     out: Path = typer.Option(None, "--out", help="Summary JSON (default PRED/evaluation.json); the CSV goes beside it."),
     spacing: float = typer.Option(
         1.0, "--spacing", min=0.0, help="Compare masks at this isotropic mm (VerSe: 1); 0 = native grid."
     ),
     iou_threshold: float = typer.Option(
-        0.5, "--iou-threshold", min=0.0, max=1.0, help="Eq. 16 tau_IoU for instance matching."
+        0.5, "--iou-threshold", min=0.0, max=1.0,
+        help="IoU a predicted vertebra needs to match a true one (tau_IoU, the paper's Eq. 16).",
     ),
     min_fragment_ml: float = typer.Option(
-        0.5, "--min-fragment-ml", min=0.0, help="Predicted fragments below this are ignored (Eq. 15)."
+        0.5, "--min-fragment-ml", min=0.0, help="Predicted fragments below this are ignored (the paper's Eq. 15)."
     ),
     instances: InstanceMode = typer.Option(
         InstanceMode.labels, "--instances",
-        help="Predicted instances: components per label, or of the binary mask (Eq. 15 read literally).",
+        help="Predicted instances: components per label, or of the binary mask (the paper's Eq. 15 read literally).",
     ),
     candidates: Candidates = typer.Option(
         Candidates.intersection, "--id-candidates",
@@ -61,7 +63,7 @@ def evaluate(
 ) -> None:
     """Score predictions against ground truth (VerSe metrics).
 
-    Dice (binary, per vertebra, multilabel), paper Acc_ID (Eq. 15-17), VerSe id-rate, localisation distance,
+    Dice (binary, per vertebra, multilabel), the paper's Acc_ID (its Eq. 15-17), VerSe id-rate, localisation distance,
     Hausdorff and HD95. Missing or unreadable predictions are scored as empty and make the exit code 1."""
     from rich.progress import Progress
 

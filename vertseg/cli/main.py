@@ -9,11 +9,18 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from vertseg.cli.common import plain_help_types
+
 
 class RootGroup(TyperGroup):
     """The `vertseg` group. Where stderr is not a terminal (pipes, files, CI logs, test runners) usage errors (an
     unknown option, a bad value) are click's plain `Error: ...` line instead of Typer's framed panel, whose text is
-    hard-wrapped at 80 columns and so splits long paths across lines. `vertseg --help` is then plain text too."""
+    hard-wrapped at 80 columns and so splits long paths across lines. `vertseg --help` is then plain text too.
+    Built with every command in place, it sets the type text of their help once (see `plain_help_types`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain_help_types(self)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         if not sys.stderr.isatty():
@@ -29,7 +36,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-bench_app = typer.Typer(help="Benchmarks; each writes its table to docs/benchmarks.md.", no_args_is_help=True)
+bench_app = typer.Typer(help="Developer benchmarks, run from a source checkout.\n\nEach writes its table to "
+                             "docs/benchmarks.md of the checkout.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 # Pipeline order: data -> model -> training -> inference -> evaluation -> tuning/reporting -> launch -> demo.

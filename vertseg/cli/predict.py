@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vertseg.cli.common import ConfigOption, config_or_exit, console, fail, writable_folder_problem
+from vertseg.cli.common import ConfigOption, MessageConsole, config_or_exit, console, fail, writable_folder_problem
 
 
 def _build_predictor(checkpoint: Path | None, config_path: Path | None, overrides: list[str], random_weights: bool,
@@ -30,16 +30,18 @@ def _build_predictor(checkpoint: Path | None, config_path: Path | None, override
     return Predictor(model, config, torch_device), f"{checkpoint} ({key} weights)"
 
 
-def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done, gpu: bool, options) -> list[dict]:
+def _ray_records(jobs, out: Path, workers: int, build_args: tuple, on_done, gpu: bool, options,
+                 quiet: bool) -> list[dict]:
     """Run jobs on a pool of Ray actors, each holding one loaded network (and one GPU when predicting on CUDA);
-    joins a running cluster when there is one."""
+    joins a running cluster when there is one. `quiet`: Ray's own start-up lines are not printed either."""
     import os
 
     import ray
     from ray.util import ActorPool
 
     if not ray.is_initialized():
-        ray.init(address="auto" if os.environ.get("RAY_ADDRESS") else None, log_to_driver=False)
+        ray.init(address="auto" if os.environ.get("RAY_ADDRESS") else None, log_to_driver=False,
+                 logging_level="error" if quiet else "info")
 
     @ray.remote(num_cpus=1)
     class PredictWorker:
@@ -85,8 +87,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (or gpu) | mps (auto picks CUDA when present)."),
         statistics: bool = typer.Option(
             False, "--statistics",
-            help="Also <case>_statistics.json/.csv: volume, body HU mean/median, RAS centroid, confidence, border flag.",
+            help="Also write statistics (JSON and CSV): per vertebra the volume, mean and median HU of the body and of "
+                 "the whole vertebra, RAS centroid, confidence, border flag.",
         ),
+        roi_subset: list[str] = typer.Option(
+            None, "--roi-subset",
+            help="Write only these vertebrae, e.g. T12,L1,L2 (or vertebrae_L1); the whole spine is still predicted.",
+            show_default=False,
+        ),
+        per_vertebra: bool = typer.Option(
+            False, "--per-vertebra", help="Also one 0/1 mask file per vertebra in <case>/vertebrae/ (L1.nii.gz, ...)."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only (exit codes unchanged)."),
         output_type: str = typer.Option(
             "nifti", "--output-type", help="nifti (+ Slicer/ITK-SNAP label tables) | dicom-seg (DICOM inputs only)."
         ),
@@ -94,7 +106,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "verse", "--labels", help="Numbering of the written labelmap: verse (1-28) | totalseg (TotalSegmentator v2 ids)."
         ),
         fast: bool = typer.Option(
-            False, "--fast", help="Faster inference: window overlap 0.25 and bone-threshold localisation."
+            False, "--fast", help="Faster inference: window overlap 0.25, bone-threshold localisation, and bf16 windows on a CPU or GPU that computes bf16 natively."
         ),
         tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (inference.mirror_axes)."),
         use_ray: bool = typer.Option(False, "--ray", help="Run cases in parallel on Ray (joins RAY_ADDRESS when set)."),
@@ -114,11 +126,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         Segment and identify the vertebrae of every input scan; outputs lie on each scan's original grid.
 
-        `vertseg predict -i ct.nii.gz -o out/` or `vertseg predict scan1 scan2 -o out/`. Writes per case
-        <case>_seg.nii.gz (VerSe labels, or TotalSegmentator ids with --labels totalseg) with <case>_seg.ctbl (3D Slicer)
-        and <case>_seg_itksnap.txt (ITK-SNAP) label tables, or <case>_seg.dcm with --output-type dicom-seg;
-        <case>_ctd.json (VerSe centroids), <case>_vertebrae.json/.csv (volume, confidence), <case>_qc.png, with
-        --statistics <case>_statistics.json/.csv; and summary.json. Exits 1 when any case failed.
+        `vertseg predict -i ct.nii.gz -o out/`, or several scans at once:
+        `vertseg predict scan1 scan2 -o out/ --roi-subset T12,L1 --statistics`.
+
+        Writes per case, in out/<case>/:
+        <case>_seg.nii.gz, the labelmap (VerSe labels, or TotalSegmentator ids
+        with --labels totalseg), with its label tables <case>_seg.ctbl (3D Slicer)
+        and <case>_seg_itksnap.txt (ITK-SNAP); <case>_seg.dcm instead with
+        --output-type dicom-seg;
+        <case>_ctd.json (VerSe centroids), <case>_vertebrae.json and .csv (volume,
+        confidence), <case>_qc.png;
+        with --statistics, <case>_statistics.json and .csv (volume, body and
+        whole-vertebra HU, centroid);
+        with --per-vertebra, one 0/1 mask per vertebra: vertebrae/L1.nii.gz, ...
+        (vertebrae/vertebrae_L1.nii.gz, ... with --labels totalseg).
+        --roi-subset keeps only the named vertebrae in all of these but the QC
+        image, which shows the whole spine their names rest on.
+        And out/summary.json. --quiet prints errors only. Exits 1 when any case
+        failed.
         """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -127,6 +152,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from vertseg.inference.progress import CaseWindows
         from vertseg.inference.runner import predict_all, stage_line, write_summary
         from vertseg.inference.writers import OutputOptions
+        from vertseg.labels import vertebra_labels
 
         inputs = list(inputs or []) + list(input_options or [])
         if not inputs:
@@ -140,7 +166,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail(f"--labels must be verse or totalseg, not {label_numbering!r}")
         if output_type == "dicom-seg" and label_numbering != "verse":
             raise fail("--labels applies to NIfTI output; DICOM-SEG segments are named and coded per vertebra")
-        options = OutputOptions(output_type=output_type, labels=label_numbering, statistics=statistics)
+        try:
+            subset = vertebra_labels(roi_subset) if roi_subset else None
+        except ValueError as error:
+            raise fail(f"--roi-subset: {error}") from None
+        options = OutputOptions(output_type=output_type, labels=label_numbering, statistics=statistics,
+                                roi_subset=subset, per_vertebra=per_vertebra)
+        talk = MessageConsole(stderr=True, quiet=True) if quiet else console  # everything but errors
         unpack_dir = out / ".unpacked"
 
         if (checkpoint is not None) + (onnx is not None) + random_weights > 1:
@@ -154,7 +186,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 checkpoint, ref = Registry().default_checkpoint()
             except RegistryError as error:
                 raise fail(str(error)) from None
-            console.print(f"no --checkpoint: using the default model {ref}", highlight=False)
+            talk.print(f"no --checkpoint: using the default model {ref}", highlight=False)
         from vertseg.inference.config import FAST_OVERRIDES
 
         foreign = [o for o in overrides or [] if not o.strip().startswith("inference.")]
@@ -171,12 +203,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail(f"no scans found in {', '.join(map(str, inputs))}")
         skipped = unread_images(inputs)
         if skipped:
-            console.print(f"[yellow]note[/] {len(skipped)} NRRD/MetaImage file(s) inside input folders are not read "
-                          f"(e.g. {skipped[0]}); pass each as its own -i", highlight=False)
+            talk.print(f"[yellow]note[/] {len(skipped)} NRRD/MetaImage file(s) inside input folders are not read "
+                       f"(e.g. {skipped[0]}); pass each as its own -i", highlight=False)
         for job in jobs:
             if job.renamed_from is not None:
-                console.print(f"[yellow]note[/] two inputs are named {job.renamed_from!r}: {job.origin} is written as "
-                              f"{job.case_id!r}", highlight=False)
+                talk.print(f"[yellow]note[/] two inputs are named {job.renamed_from!r}: {job.origin} is written as "
+                           f"{job.case_id!r}", highlight=False)
         not_dicom = [job.origin for job in jobs if job.source is None or not Path(job.source.image).is_dir()]
         if output_type == "dicom-seg" and not_dicom:
             raise fail(f"--output-type dicom-seg needs DICOM series inputs to reference; not DICOM: {', '.join(not_dicom[:3])}")
@@ -189,10 +221,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             predictor, weights = _build_predictor(*build_args)
         except (CheckpointError, ValueError) as error:
             raise fail(str(error)) from None
-        console.print(f"{len(jobs)} case(s), {weights}, device {predictor.device}", highlight=False)
+        talk.print(f"{len(jobs)} case(s), {weights}, device {predictor.device}", highlight=False)
 
+        # --quiet: no bars at all (a disabled display, which also leaves stderr alone for the error lines)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+                      console=console, disable=quiet) as progress:
             task = progress.add_task("predicting", total=len(jobs))
             windows = CaseWindows(progress)
             predictor.on_progress = windows.update
@@ -200,22 +233,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             def on_done(record: dict) -> None:
                 windows.finish()
                 if record["status"] != "ok":
-                    progress.console.print(f"[red]failed[/] {record['case_id']}: {record['error']}", highlight=False)
+                    console.print(f"[red]failed[/] {record['case_id']}: {record['error']}", highlight=False)
                 for note in record.get("notes", []):  # e.g. DICOM-SEG UIDs derived for an anonymised series
-                    progress.console.print(f"[yellow]note[/] {record['case_id']}: {note}", highlight=False)
-                else:
-                    progress.console.print(stage_line(record), highlight=False)
+                    talk.print(f"[yellow]note[/] {record['case_id']}: {note}", highlight=False)
+                talk.print(stage_line(record), highlight=False)
                 progress.advance(task)
 
             if use_ray:
                 gpu = predictor.device.type == "cuda"
                 del predictor  # each actor loads its own copy
-                records = _ray_records(jobs, out, workers, build_args, on_done, gpu, options)
+                records = _ray_records(jobs, out, workers, build_args, on_done, gpu, options, quiet)
             else:
                 records = predict_all(predictor, jobs, out, on_done, options)
         shutil.rmtree(unpack_dir, ignore_errors=True)
         summary = write_summary(out, records, {"weights": weights, "ray": use_ray})
-        console.print(f"{summary['succeeded']}/{summary['cases']} case(s) written to {out}", highlight=False)
+        talk.print(f"{summary['succeeded']}/{summary['cases']} case(s) written to {out}", highlight=False)
         if summary["failed"]:
             raise typer.Exit(1)
 

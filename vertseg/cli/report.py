@@ -25,7 +25,7 @@ def report(
 ) -> None:
     """Paper-style tables and figures from a sweep.
 
-    Tables (Table 3/4/5 style) and figures (Fig. 2-5 style, per-level Dice) with their provenance."""
+    Tables like the paper's Tables 3-5 and figures like its Figs. 2-5 (per-level Dice), with their provenance."""
     if bool(sweep) == bool(runs):
         raise fail("give exactly one of --sweep NAME or --runs ID...")
     from vertseg.reporting.collect import ReportError, from_runs, from_sweep

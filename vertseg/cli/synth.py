@@ -32,7 +32,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, help="Case i depends only on (seed, i): reruns give identical files."),
         size: str = typer.Option("small", help="small (~64x64x96 voxels, ~2 mm) | medium (~1 mm, <=192) | large | ct "
-                                 "(clinical CT: the whole body around the spine, per-case tissues; docs/synthetic-ct.md)."),
+                                 "(clinical CT: the spine in a whole body, with ribs, pelvis, organs, vessels and "
+                                 "per-case tissue HU and scanner noise)."),
         labeled_fraction: float = typer.Option(
             1.0, "--labeled-fraction", min=0.0, max=1.0, help="Share of training scans written with mask + centroids."
         ),

@@ -12,6 +12,7 @@ from vertseg.cli.common import ConfigOption, SetOption, config_or_exit, console,
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("train")
     def train(
+        ctx: typer.Context,
         store: Path = typer.Option(..., "--store", help="Labeled store (STORE.zarr) from `vertseg preprocess`."),
         unlabeled: Path = typer.Option(None, "--unlabeled", help="Extra store whose cases are used as unlabeled data."),
         config: Path = ConfigOption,
@@ -80,6 +81,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                   init_from=init_from, volume_validation=partial(volume_validator, Path(store).resolve()))
         except (RunExistsError, RunMismatchError, FileNotFoundError, CheckpointError, ValueError) as error:
             raise fail(str(error)) from None
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop, which itself stops after a step and checkpoints
+            raise _interrupted(ctx, run_name, "--auto-resume") from None
         except Exception as error:  # noqa: BLE001 - Ray wraps a worker's error in its own types
             cause = _non_finite_cause(error)
             if cause is None:
@@ -87,11 +90,23 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise fail(f"training stopped on non-finite numbers: {cause}. The last good checkpoint is kept in "
                        f"{out / run_name}; resume from it with a lower train.optim.lr (--set) or check the data",
                        code=1) from None
-        state = "stopped (resume with --resume)" if result.interrupted else "finished"
+        state = "stopped" if result.interrupted else "finished"
         console.print(f"{state} after {result.epochs} epochs; best {result.best_metrics and {k: round(v, 4) for k, v in result.best_metrics.items() if k.startswith('val_')}}; "
                       f"checkpoint {result.checkpoint_path}; MLflow run {result.mlflow_run_id}", highlight=False)
-        if evaluate and not result.interrupted:
+        if result.interrupted:
+            raise _interrupted(ctx, run_name, "--resume")
+        if evaluate:
             _evaluate_run(result, store, evaluate, mlflow_uri, out)
+
+    def _interrupted(ctx: typer.Context, run_name: str, flag: str) -> typer.Exit:
+        """Exit 130 (SIGINT's convention; SIGTERM stops a run the same way), with the command that continues the
+        run from its last checkpoint: this command line under the run's name, with --resume (--auto-resume where
+        there may be no checkpoint yet)."""
+        from vertseg.cli.resume import resume_command
+
+        command = resume_command(ctx, ["--name", run_name, flag], drop=("name", "resume", "auto_resume"))
+        console.print(f"run {run_name} stopped before its last epoch; resume it with: {command}", highlight=False)
+        return typer.Exit(130)
 
     def _non_finite_cause(error: BaseException) -> BaseException | None:
         """The NonFiniteLossError behind `error` (raised directly, or wrapped by Ray Train), else None."""
@@ -133,13 +148,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_train(
         quick: bool = typer.Option(False, "--quick", help="Smaller patches and fewer steps (a minute on a laptop)."),
         steps: int = typer.Option(None, help="Timed steps per method."),
+        cpu_speed: bool = typer.Option(
+            False, "--cpu-speed", help="Instead: fsl and proposed steps/s on this CPU per setting tried (bf16 autocast), "
+            "with the loss curve against float32."),
     ) -> None:
         """Training step time and memory per method.
 
         Step time and peak memory per method relative to fsl; augmentation throughput vs the step rate."""
-        from vertseg.bench.train import run_train_bench
+        from vertseg.bench.train import run_cpu_speed_bench, run_train_bench
 
-        path = run_train_bench(quick=quick, steps=steps)
+        path = run_cpu_speed_bench(steps or 3) if cpu_speed else run_train_bench(quick=quick, steps=steps)
         console.print(f"wrote {path}", highlight=False)
 
     @bench_app.command("scale")

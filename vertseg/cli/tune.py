@@ -10,6 +10,7 @@ from vertseg.cli.common import console, fail
 
 
 def tune(
+    ctx: typer.Context,
     sweep_file: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/threshold.yaml."),
     gpus_per_trial: int = typer.Option(None, "--gpus-per-trial", min=0, help="GPU workers per trial (one GPU each); 0 = CPU."),
     workers_per_trial: int = typer.Option(None, "--workers-per-trial", min=1, help="CPU workers per trial (gloo)."),
@@ -40,20 +41,37 @@ def tune(
     # A smoke run is for a CPU machine: CPU workers unless GPUs are asked for explicitly.
     use_gpu = (False if smoke else None) if gpus_per_trial is None else gpus_per_trial > 0
     workers = gpus_per_trial if gpus_per_trial else workers_per_trial
-    from vertseg.tuning.runner import run_sweep
+    from vertseg.tuning.runner import STATE_FILE, run_sweep, sweep_folder
 
     try:
         outcome = run_sweep(plan, root=out, mlflow_uri=mlflow_uri, resume=resume, max_concurrent=max_concurrent,
                             workers=workers, use_gpu=use_gpu, address=address)
     except SweepError as error:
         raise fail(str(error)) from None
-    console.print(f"{outcome.finished} trials finished, {outcome.failed} failed; MLflow parent run "
-                  f"{outcome.parent_run_id} at {outcome.mlflow_uri}")
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Ray Tune started
+        started = (sweep_folder(out, plan.sweep.name) / STATE_FILE).exists()
+        raise _interrupted(ctx, plan.sweep.name, started) from None
+    counts = f"{outcome.finished} trials finished, {outcome.failed} failed"
+    if outcome.interrupted:
+        counts += f", {outcome.interrupted} interrupted or not started"
+    console.print(f"{counts}; MLflow parent run {outcome.parent_run_id} at {outcome.mlflow_uri}")
     for key, message in outcome.errors.items():
         console.print(f"[red]{key}[/]: {message}", highlight=False)
+    if outcome.interrupted:
+        raise _interrupted(ctx, plan.sweep.name)
     console.print(f"report: vertseg report --sweep {plan.sweep.name} --mlflow-uri '{outcome.mlflow_uri}' --out DIR")
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _interrupted(ctx: typer.Context, name: str, started: bool = True) -> typer.Exit:
+    """Exit 130 (SIGINT's convention), with the command that continues the sweep."""
+    from vertseg.cli.resume import resume_command
+
+    advice = (f"resume it with: {resume_command(ctx, ['--resume'], drop=('resume',))}" if started
+              else "it had not started; nothing to resume")
+    console.print(f"sweep {name} interrupted; {advice}", highlight=False)
+    return typer.Exit(130)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

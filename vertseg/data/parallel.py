@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vertseg.data.config import DataConfig
-from vertseg.data.preprocess import PoolChoice, preprocess_case
+from vertseg.data.preprocess import PoolChoice, limit_threads, preprocess_case
 from vertseg.data.store import build_manifest, init_store, write_manifest
 from vertseg.data.types import CaseSource
 
@@ -47,6 +47,12 @@ def _connect(address: str | None, workers: int | None) -> bool:
     return True
 
 
+def _preprocess_on_one_cpu(*args: Any) -> dict[str, Any]:
+    """The Ray task: `preprocess_case` on the one thread its CPU share allows."""
+    limit_threads(1)
+    return preprocess_case(*args)
+
+
 def run_preprocess(
     sources: list[CaseSource],
     root: Path | str,
@@ -68,7 +74,7 @@ def run_preprocess(
     init_store(root, config)
     started = _connect(address, workers)
     try:
-        task = ray.remote(num_cpus=1, max_retries=1)(preprocess_case)
+        task = ray.remote(num_cpus=1, max_retries=1)(_preprocess_on_one_cpu)
         limit = max(1, workers or int(ray.available_resources().get("CPU", 1)))
         pending: dict[Any, CaseSource] = {}
         queue = list(sources)

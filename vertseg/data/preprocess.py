@@ -96,25 +96,30 @@ def _check_mask(case: Case) -> None:
         raise CaseError(case.source.mask, "mask is empty (no labeled voxel)")
 
 
-def _centres_of_mass(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Per-label centre of mass in voxel (z, y, x), from the nonzero voxels only."""
+def _labelled_voxels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coords (N, 3) z, y, x in C order, label of each) of every labelled voxel: the one pass over the mask that
+    the centres, counts, box and foreground samples below share."""
     coords = np.nonzero(labels)
-    values = labels[coords]
+    return np.stack(coords, axis=1), labels[coords]
+
+
+def _centres_of_mass(coords: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
+    """Per-label centre of mass in voxel (z, y, x)."""
     counts = np.bincount(values, minlength=256)
     present = np.flatnonzero(counts[1:]) + 1
-    sums = np.stack([np.bincount(values, weights=axis.astype(np.float64), minlength=256) for axis in coords], axis=1)
+    sums = np.stack([np.bincount(values, weights=coords[:, axis].astype(np.float64), minlength=256) for axis in range(3)],
+                    axis=1)
     return {int(label): sums[label] / counts[label] for label in present}
 
 
-def _foreground_samples(labels: np.ndarray | None, image_hu: np.ndarray, seed: int) -> np.ndarray:
+def _foreground_samples(labelled: tuple[np.ndarray, np.ndarray] | None, image_hu: np.ndarray, seed: int) -> np.ndarray:
     """A fixed-size random sample of foreground voxels per label (bone voxels for unlabeled cases)."""
     rng = np.random.default_rng(seed)
-    if labels is None:
+    if labelled is None:
         coords = np.argwhere(image_hu >= BONE_HU)
         keep = rng.choice(len(coords), size=min(FG_BONE, len(coords)), replace=False) if len(coords) else []
         return np.column_stack([np.zeros(len(keep), np.int64), coords[keep]]) if len(keep) else np.zeros((0, 4), np.int64)
-    coords = np.argwhere(labels > 0)
-    values = labels[tuple(coords.T)]
+    coords, values = labelled
     rows = []
     for label in np.unique(values):
         members = np.flatnonzero(values == label)
@@ -143,7 +148,7 @@ def prepare_case(case: Case, config: DataConfig, pool: str) -> PreparedCase:
     geometry = case_geometry(case.image, config.spacing_mm)
     ct = sitk.Cast(case.image, sitk.sitkFloat32)
     hu = resample_to_grid(ct, geometry.canonical, "linear", HU_BACKGROUND)
-    image_hu = np.clip(np.rint(hu), _INT16.min, _INT16.max).astype(np.int16)
+    image_hu = np.clip(np.rint(hu, out=hu), _INT16.min, _INT16.max, out=hu).astype(np.int16)
     labels = None
     if use_mask:
         mask = sitk.Cast(case.mask, sitk.sitkUInt8)
@@ -152,17 +157,19 @@ def prepare_case(case: Case, config: DataConfig, pool: str) -> PreparedCase:
         if not labels.any():
             raise CaseError(source.mask, f"no vertebra of protocol {config.protocol} is left after resampling")
     seed = int.from_bytes(hashlib.sha256(source.case_id.encode()).digest()[:4], "little")
-    foreground = _foreground_samples(labels, image_hu, seed)
+    labelled = _labelled_voxels(labels) if labels is not None else None
+    foreground = _foreground_samples(labelled, image_hu, seed)
     body = {
         int(label): world_to_index(geometry.canonical, np.asarray(point, float))[0]
         for label, point in case.centroids_lps.items()
     }
-    mask_com = _centres_of_mass(labels) if labels is not None else {}
-    label_counts = np.bincount(labels.ravel(), minlength=256) if labels is not None else np.zeros(256, np.int64)
-    spine_box = None
-    if labels is not None:
-        nonzero = np.argwhere(labels > 0)
-        spine_box = [nonzero.min(axis=0).tolist(), (nonzero.max(axis=0) + 1).tolist()]
+    mask_com, spine_box, label_counts = {}, None, np.zeros(256, np.int64)
+    if labelled is not None:
+        coords, values = labelled
+        mask_com = _centres_of_mass(coords, values)
+        spine_box = [coords.min(axis=0).tolist(), (coords.max(axis=0) + 1).tolist()]
+        label_counts = np.bincount(values, minlength=256)
+        label_counts[0] = labels.size - len(values)
     voxel_ml = config.spacing_mm**3 / 1000.0
     attrs = {
         "case_id": source.case_id,
@@ -186,6 +193,15 @@ def prepare_case(case: Case, config: DataConfig, pool: str) -> PreparedCase:
     return PreparedCase(image_hu, labels, foreground, attrs)
 
 
+def limit_threads(threads: int) -> None:
+    """Cap this process's SimpleITK and blosc threads: a preprocessing worker holds one CPU, and two workers that
+    each start a thread per core share the cores instead of adding them up."""
+    from numcodecs import blosc
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    blosc.set_nthreads(threads)
+
+
 def preprocess_case(
     source: CaseSource, config: DataConfig, root: Path | str, pool_choice: PoolChoice = "auto", overwrite: bool = False
 ) -> dict[str, Any]:
@@ -202,9 +218,15 @@ def preprocess_case(
         if not overwrite and intact and existing.get("source_hash") == digest:
             result["status"] = "skipped"
         else:
-            prepared = prepare_case(load_case(source), config, pool)
+            stages = result["stage_seconds"] = {}
+            clock = time.perf_counter()
+            case = load_case(source)
+            stages["read"], clock = time.perf_counter() - clock, time.perf_counter()
+            prepared = prepare_case(case, config, pool)
             prepared.attrs["source_hash"] = digest
+            stages["resample_and_check"], clock = time.perf_counter() - clock, time.perf_counter()
             write_case(Path(root), source.case_id, config, prepared.image_hu, prepared.labels, prepared.foreground, prepared.attrs)
+            stages["write"] = time.perf_counter() - clock
     except CaseError as error:
         result.update(status="failed", file=str(error.file) if error.file else None, problem=error.problem)
     except Exception as error:  # noqa: BLE001 - one unreadable case must not stop a 1,000-case run

@@ -23,6 +23,7 @@ import zarr
 
 from vertseg.data.case_ids import case_id_problem, check_case_id
 from vertseg.data.chunks import DamagedShard, ShardedArrayReader, UnsupportedLayout, shard_sizes
+from vertseg.data.shard_writer import write_shards
 from vertseg.data.config import DataConfig
 from vertseg.data.geometry import HU_BACKGROUND, CaseGeometry
 from vertseg.io import atomic_path, atomic_write_json, path_under
@@ -120,13 +121,15 @@ def write_case(
         for name, (array, fill) in arrays.items():
             group.create_array(
                 name,
-                data=array,
+                shape=array.shape,
+                dtype=array.dtype,
                 shards=tuple(config.shard_size),
                 chunks=tuple(config.chunk_size),
                 compressors=_compressors(config, array.dtype),
                 fill_value=fill,  # chunks holding only the fill value (air, background) are not stored
                 dimension_names=("z", "y", "x"),
             )
+            write_shards(tmp / name, array)
         group.create_array("fg", data=foreground.astype(np.int32), chunks=(max(1, len(foreground)), 4), compressors=None)
         shards = {name: shard_sizes(tmp / name) for name in arrays}  # reads check them: a lost shard is an error
         group.attrs.update(_jsonable({**attrs, "shards": shards, "complete": True}))

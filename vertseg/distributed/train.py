@@ -75,6 +75,26 @@ class _TermToStopFile:
             signal.signal(sig, handler)
 
 
+def _fit_off_main_thread(trainer: Any) -> Any:
+    """`trainer.fit()` in a daemon thread. On the main thread Ray Train takes SIGINT over and aborts the workers (no
+    checkpoint of the interrupted epoch, the MLflow run left RUNNING, exit 0); off it, Ctrl-C reaches
+    `_TermToStopFile`, and the ranks stop after a step, checkpoint and end the MLflow run KILLED."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # re-raised on the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_training(
     config: VertsegConfig,
     store: Path,
@@ -167,7 +187,7 @@ def run_training(
         ),
     )
     with _TermToStopFile(stop_file) as term:
-        result = trainer.fit()
+        result = _fit_off_main_thread(trainer)
     return _result(run_dir, result.checkpoint.path if result.checkpoint else None, result.metrics, term.fired)
 
 
@@ -196,18 +216,15 @@ def _run_local(config, store, unlabeled, run_dir, tracker, resume, init_from=Non
                                                                       "store_fingerprint": store_fingerprint(store)}})
     log_metrics = (lambda result, paths: tracker.log_metrics(result.metrics, result.epoch)) if tracker else None
 
-    def log_step(step: int, logs: dict[str, float]) -> None:
-        if step % config.train.log_every_steps == 0:
-            tracker.log_metrics(step_metrics(logs), step=step)
-
+    log_step = (lambda step, logs: tracker.log_metrics(step_metrics(logs), step=step)) if tracker else None
     try:
         outcome = train_local(config, store, unlabeled, run_dir, resume=resume, init_from=init_from,
                               volume_validation=volume_validation,
                               loader_workers=config.train.loader_workers,
-                              on_epoch=log_metrics, on_step=log_step if tracker else None)
-    except BaseException:  # a run that dies (non-finite loss, bad data, Ctrl-C twice) is not left RUNNING in MLflow
+                              on_epoch=log_metrics, on_step=log_step)
+    except BaseException as error:  # a run that dies (non-finite loss, bad data) or is interrupted is not left RUNNING
         if tracker is not None:
-            tracker.finish("FAILED")
+            tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     if tracker is not None:
         tracker.log_artifact(run_dir / "config.yaml")

@@ -16,6 +16,7 @@ from vertseg.training.checkpoint import load_checkpoint, save_checkpoint
 from vertseg.training.data import build_training_data
 from vertseg.training.loop import EpochResult, fit
 from vertseg.training.methods import get_method
+from vertseg.training.progress import StepReporter
 from vertseg.training.runner import epoch_line
 from vertseg.training.trainer import Trainer, is_better
 
@@ -98,9 +99,15 @@ def train_worker(loop: dict[str, Any]) -> None:
     fail_epoch = loop.get("fail_once_at_epoch")
     fail_marker = run_dir / ".injected_failure_done"
 
+    schedule = config.train.schedule
+    reporter = StepReporter(schedule.epochs, schedule.iterations_per_epoch, config.train.log_every_steps, trainer.step)
+
     def on_step(logs: dict[str, float]) -> None:
-        if tracker is not None and trainer.step % config.train.log_every_steps == 0:
-            tracker.log_metrics(step_metrics(logs), step=trainer.step)
+        line = reporter.report(trainer.epoch, trainer.iteration, trainer.step, logs) if rank == 0 else None
+        if line is not None:
+            print("[vertseg] " + line, flush=True)
+            if tracker is not None:
+                tracker.log_metrics(step_metrics(logs), step=trainer.step)
         if fail_epoch is not None and trainer.epoch == fail_epoch and rank == world - 1 and not fail_marker.exists():
             fail_marker.touch()
             raise RuntimeError(f"injected worker failure on rank {rank} at epoch {trainer.epoch}, step {trainer.step}")

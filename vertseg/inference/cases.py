@@ -51,6 +51,12 @@ class LoadedScan:
     reference: sitk.Image  # carries the original grid (and for file inputs, the original pixels)
     nifti_source: Path | None
 
+    @property
+    def original_hu(self) -> np.ndarray | None:
+        """The input's HU on its own grid (z, y, x; a view, no copy); None for a store case, which keeps only the
+        resampled store frame."""
+        return None if self.job.store is not None else sitk.GetArrayViewFromImage(self.reference)
+
 
 def is_store(path: Path) -> bool:
     return path.is_dir() and (path / MANIFEST).is_file()

@@ -2,8 +2,10 @@
 
 Segments carry the vertebra's name as label, its SNOMED CT code (C1..L5 vertebra, sacrum, coccyx; plain
 "vertebra" for L6/T13) and the colour of the NIfTI colour tables, so PACS viewers and 3D Slicer show anatomy, not
-numbers; the algorithm identification names vertseg and its version. Frames follow the source slices:
-the labelmap must lie on the series' own grid, slice k = the k-th file of `series_files` (SimpleITK's order).
+numbers; the algorithm identification names vertseg, its version and the weights (checkpoint or ONNX file name
+and sha256 prefix, as `Predictor.weights`), and the SEG's manufacturer model name names the weights file. Frames
+follow the source slices: the labelmap must lie on the series' own grid, slice k = the k-th file of `series_files`
+(SimpleITK's order).
 
 Anonymised series often have emptied Study/Series/SOP Instance UIDs. SOP Instance and Class UIDs are then taken from
 each file's meta header; an empty Study or Series UID is replaced by one derived from the Frame of Reference, and
@@ -69,8 +71,15 @@ def _property_type(verse_label: int):
     return getattr(codes.SCT, f"{name}Vertebra", codes.SCT.Vertebra)
 
 
-def build_dicom_seg(labels_kji: np.ndarray, files: list[Path]):
-    """A highdicom Segmentation of a VerSe labelmap on the grid of the series `files`; (dataset, notes)."""
+def _model_name(weights: dict[str, str] | None) -> str:
+    """The SEG's Manufacturer's Model Name (at most 64 characters): vertseg and the weights file it ran."""
+    file = (weights or {}).get("checkpoint") or (weights or {}).get("onnx")
+    return f"vertseg {Path(file).stem}"[:64] if file else "vertseg vertebra segmentation"
+
+
+def build_dicom_seg(labels_kji: np.ndarray, files: list[Path], weights: dict[str, str] | None = None):
+    """A highdicom Segmentation of a VerSe labelmap on the grid of the series `files`; (dataset, notes).
+    `weights` (`Predictor.weights`) become the algorithm's parameters."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -84,7 +93,8 @@ def build_dicom_seg(labels_kji: np.ndarray, files: list[Path]):
     segment_of = np.zeros(256, dtype=np.uint8)
     segment_of[present] = np.arange(1, len(present) + 1)
     algorithm = hd.AlgorithmIdentificationSequence(name="vertseg", version=__version__,
-                                                   family=codes.DCM.ArtificialIntelligence)
+                                                   family=codes.DCM.ArtificialIntelligence, source="vertseg",
+                                                   parameters=dict(weights) if weights else None)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=n,
@@ -107,7 +117,7 @@ def build_dicom_seg(labels_kji: np.ndarray, files: list[Path]):
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="vertseg",
-        manufacturer_model_name="vertseg vertebra segmentation",
+        manufacturer_model_name=_model_name(weights),
         software_versions=__version__,
         device_serial_number="0",
         series_description="vertseg vertebrae",
@@ -115,11 +125,12 @@ def build_dicom_seg(labels_kji: np.ndarray, files: list[Path]):
     return seg, notes
 
 
-def write_dicom_seg(path: Path, labels_kji: np.ndarray, files: list[Path]) -> list[str]:
+def write_dicom_seg(path: Path, labels_kji: np.ndarray, files: list[Path],
+                    weights: dict[str, str] | None = None) -> list[str]:
     """Write the DICOM-SEG atomically; returns notes for the case record (nothing is written without vertebrae)."""
     if not labels_kji.any():
         return ["no vertebra predicted: no DICOM-SEG written"]
-    seg, notes = build_dicom_seg(labels_kji, files)
+    seg, notes = build_dicom_seg(labels_kji, files, weights)
     with atomic_path(path) as tmp:
         seg.save_as(str(tmp))
     return notes

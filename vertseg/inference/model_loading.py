@@ -6,9 +6,12 @@ read with `weights_only=True`, so only tensors and plain containers are accepted
 
 from __future__ import annotations
 
+import re
 import warnings
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -17,6 +20,34 @@ from vertseg.config import ConfigError, VertsegConfig, build_config
 from vertseg.inference.config import InferenceConfig
 from vertseg.model import build_model
 from vertseg.training.checkpoint import CheckpointError, load_checkpoint, model_weights
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Which weights a loaded network holds, so that outputs can say which model made them (the DICOM-SEG's
+    algorithm identification): a checkpoint file and the state dict used, an ONNX file, or random weights.
+    `load_model`, `random_model` and `load_onnx` put one on the network as `weights_source`; `Predictor.weights`
+    reads it."""
+
+    kind: Literal["checkpoint", "onnx", "random"]
+    path: Path | None = None
+    detail: str | None = None  # checkpoint: the state dict ("teacher", "model"); random: "seed N"
+
+    @cached_property
+    def parameters(self) -> dict[str, str]:
+        """{"checkpoint" | "onnx": file name, "sha256": its first 16 hex digits, "state": state dict} or
+        {"random": "seed N"}; values hold no ',' or '=' (DICOM AlgorithmParameters is `key=value,...`)."""
+        from vertseg.weights.fetch import sha256_of
+
+        if self.path is None:
+            values = {self.kind: self.detail or "unknown"}
+        else:
+            values = {self.kind: self.path.name}
+            if self.path.is_file():
+                values["sha256"] = sha256_of(self.path)[:16]
+            if self.detail:
+                values["state"] = self.detail
+        return {key: re.sub(r"[,=]", "_", value) for key, value in values.items()}
 
 
 def checkpoint_config(payload: dict[str, Any], path: Path | str, overrides: list[str] | None = None) -> VertsegConfig:
@@ -69,13 +100,16 @@ def load_model(path: Path | str, overrides: list[str] | None = None,
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the configured network: {str(error)[:500]}") from None
+    model.weights_source = WeightsSource("checkpoint", Path(path), key)
     return model.eval(), config, key
 
 
 def random_model(config: VertsegConfig, seed: int = 0) -> nn.Module:
     """An untrained network, for smoke tests and benchmarks only: its predictions are meaningless."""
     torch.manual_seed(seed)
-    return build_model(config.model).eval()
+    model = build_model(config.model)
+    model.weights_source = WeightsSource("random", detail=f"seed {seed}")
+    return model.eval()
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and "cuda:N"; TotalSegmentator's "gpu" means cuda

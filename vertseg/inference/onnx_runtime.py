@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vertseg.config import VertsegConfig
-from vertseg.inference.model_loading import CheckpointError, checkpoint_config
+from vertseg.inference.model_loading import CheckpointError, WeightsSource, checkpoint_config
 from vertseg.model.output import SegIdOutput
 
 CONFIG_METADATA_KEY = "vertseg_config_yaml"
@@ -58,4 +58,5 @@ class OnnxNetwork(nn.Module):
 def load_onnx(path: Path | str, overrides: list[str] | None = None) -> tuple[OnnxNetwork, VertsegConfig]:
     """(the network, its config); `overrides` may change inference/post-processing keys, not the network."""
     network = OnnxNetwork(path)
+    network.weights_source = WeightsSource("onnx", Path(path))
     return network, checkpoint_config({"config_yaml": network.config_yaml()}, path, overrides)

@@ -30,6 +30,7 @@ from vertseg.inference.localisation import (
     scale_box,
 )
 from vertseg.inference.sliding_window import ID_STRIDE, WindowPrediction, WindowProgress, sliding_window_predict
+from vertseg.model.precision import native_bf16
 from vertseg.postprocess.components import min_voxels
 
 
@@ -45,13 +46,22 @@ class Predictor:
         self.on_progress = on_progress  # called after each forward pass of the fine sliding window
         self.patch_size = tuple(config.data.patch_size)
         self.with_id = bool(config.model.identification_branch)
+        self.amp = config.inference.amp and native_bf16(self.device)  # window logits are read as float32 either way
+
+    @property
+    def weights(self) -> dict[str, str] | None:
+        """Which weights the network holds, as outputs record them (`WeightsSource.parameters`: the checkpoint or
+        ONNX file name and its sha256 prefix); None for a network built in memory (tests, training)."""
+        source = getattr(self.model, "weights_source", None)
+        return None if source is None else source.parameters
 
     def net(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.model(batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model(batch)
         return out.seg[0], out.identification
 
     def _foreground_only(self, batch: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.model(batch).seg[0], None
+        return self.net(batch)[0], None
 
     def localise(self, image: np.ndarray, hu: np.ndarray) -> SpineBox:
         """The spine box (store voxels) from the network's coarse pass, the bone heuristic, or the whole volume."""

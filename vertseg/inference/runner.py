@@ -28,7 +28,7 @@ from vertseg.inference.qc import write_qc
 from vertseg.inference.vertebrae import Vertebra, vertebrae_on_grid
 from vertseg.inference.writers import OutputOptions, write_case_outputs
 from vertseg.io import atomic_write_json, locked, path_under
-from vertseg.labels import PROTOCOLS
+from vertseg.labels import PROTOCOLS, VERSE_NAMES
 from vertseg.postprocess.assign import labelmap_from_predictions
 
 STEPS = ("load", "localisation", "sliding_window", "postprocess", "write")
@@ -54,7 +54,8 @@ def case_outputs(out_dir: Path, case_id: str, options: OutputOptions = OutputOpt
     check_case_id(case_id, out_dir)
     names = {"seg": "seg.nii.gz", "ctd": "ctd.json", "vertebrae_json": "vertebrae.json", "vertebrae_csv": "vertebrae.csv",
              "qc": "qc.png", **options.extra_outputs()}
-    return {key: path_under(out_dir, case_id, f"{case_id}_{name}") for key, name in names.items()}
+    paths = {key: path_under(out_dir, case_id, f"{case_id}_{name}") for key, name in names.items()}
+    return paths | ({"per_vertebra": path_under(out_dir, case_id, "vertebrae")} if options.per_vertebra else {})
 
 
 @dataclass
@@ -92,6 +93,14 @@ class OriginalPrediction:
     labels: np.ndarray
     vertebrae: list[Vertebra]
 
+    def subset(self, labels: tuple[int, ...] | None) -> "OriginalPrediction":
+        """Only the vertebrae `labels` (`--roi-subset`), the others made background; all of them for None."""
+        if labels is None:
+            return self
+        keep = np.zeros(256, dtype=np.uint8)
+        keep[list(labels)] = labels
+        return OriginalPrediction(keep[self.labels], [v for v in self.vertebrae if v.label in labels])
+
 
 def to_original(scan: LoadedScan, prediction: StorePrediction, resampling: LabelResampling) -> OriginalPrediction:
     """Map a store-frame prediction back onto the input's own grid (labels by `resampling`, centroids through LPS mm)."""
@@ -102,6 +111,13 @@ def to_original(scan: LoadedScan, prediction: StorePrediction, resampling: Label
     return OriginalPrediction(original, vertebrae_on_grid(original, scan.reference, confidence, centroids_lps))
 
 
+def unfound_notes(roi_subset: tuple[int, ...] | None, vertebrae: list[Vertebra]) -> list[str]:
+    """A note naming the `--roi-subset` vertebrae the scan does not show: they have no row, mask or segment."""
+    found = {v.label for v in vertebrae}
+    unfound = [VERSE_NAMES[label] for label in roi_subset or () if label not in found]
+    return [f"roi subset: {', '.join(unfound)} not found in this scan"] if unfound else []
+
+
 def write_prediction(predictor: Predictor, scan: LoadedScan, prediction: StorePrediction, out_dir: Path,
                      timer: Timer, options: OutputOptions = OutputOptions()) -> dict[str, Any]:
     """Map a store-frame prediction back to the original grid, write its files; returns the case record."""
@@ -110,24 +126,28 @@ def write_prediction(predictor: Predictor, scan: LoadedScan, prediction: StorePr
     config = predictor.config
     case_id, box = scan.job.case_id, prediction.box
     with timer.step("postprocess"):
-        original = to_original(scan, prediction, config.inference.label_resampling)
+        whole = to_original(scan, prediction, config.inference.label_resampling)
+        original = whole.subset(options.roi_subset)
         vertebrae = original.vertebrae
         statistics = None
         if options.statistics:
             statistics = vertebra_statistics(vertebrae, original.labels, prediction.labels, scan.hu,
-                                             prediction.centroids_zyx, predictor.spacing)
+                                             prediction.centroids_zyx, predictor.spacing, scan.original_hu)
     with timer.step("write"):
         paths = case_outputs(out_dir, case_id, options)
         extra = {
             "case_id": case_id,
             "input": scan.job.origin,
             "decoder": config.inference.decoder,
+            "model": predictor.weights,  # which weights made it (file, sha256 prefix); the DICOM-SEG records it too
             "spine_box": box.to_dict(),
-            "instances": [r.as_dict() for r in prediction.records],
+            "instances": [r.as_dict() for r in prediction.records if options.writes(r.label)],
         }
-        notes = write_case_outputs(paths, scan, original.labels, vertebrae, extra, options, statistics)
+        notes = unfound_notes(options.roi_subset, whole.vertebrae)
+        notes += write_case_outputs(paths, scan, original.labels, vertebrae, extra, options, statistics)
+        # the QC image shows the whole spine, --roi-subset or not: the naming of a subset rests on all of it
         write_qc(paths["qc"], scan.image, prediction.labels, predictor.spacing,
-                 f"{case_id}: {len(vertebrae)} vertebrae ({box.method} localisation)")
+                 f"{case_id}: {len(whole.vertebrae)} vertebrae ({box.method} localisation)")
     return {
         "case_id": case_id,
         "input": scan.job.origin,

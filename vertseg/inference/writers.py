@@ -1,5 +1,6 @@
 """Prediction files on the ORIGINAL image grid: labelmap (NIfTI + Slicer/ITK-SNAP label tables, or DICOM-SEG),
-VerSe centroid JSON, per-vertebra JSON/CSV, and with `--statistics` the statistics JSON/CSV.
+VerSe centroid JSON, per-vertebra JSON/CSV, with `--statistics` the statistics JSON/CSV, and with `--per-vertebra`
+one binary mask per vertebra.
 
 A NIfTI input keeps its own header and affine byte for byte (nibabel); any other input (DICOM, NRRD, MetaImage)
 gets a NIfTI with the SimpleITK geometry of the image. Every file is written atomically.
@@ -22,7 +23,7 @@ from vertseg.data.readers.files import is_nifti
 from vertseg.data.readers.geometry import axcodes
 from vertseg.data.readers.label_formats import label_table_extension
 from vertseg.io import atomic_path, atomic_write_json, atomic_write_text
-from vertseg.inference.statistics import BODY_RADIUS_FRACTION, STATISTICS_FIELDS
+from vertseg.inference.statistics import BODY_RADIUS_FRACTION, STATISTICS_FIELDS, VERTEBRA_REGION
 from vertseg.inference.vertebrae import VERTEBRA_FIELDS, Vertebra
 from vertseg.labels import LABEL_FORMATS, VERSE_NAMES
 
@@ -35,11 +36,19 @@ class OutputOptions:
 
     `labels`: numbering of the written labelmap, VerSe (1-28) or TotalSegmentator v2 (`totalseg`, mapped by name;
     L6, T13 and coccyx have no TotalSegmentator id and are left out, noted in the case record).
+    `roi_subset`: VerSe labels of the only vertebrae written (`--roi-subset`); the whole spine is still predicted,
+    as identification reads the whole sequence. `per_vertebra`: also one binary mask file per vertebra.
     """
 
     output_type: Literal["nifti", "dicom-seg"] = "nifti"
     labels: Literal["verse", "totalseg"] = "verse"
     statistics: bool = False
+    roi_subset: tuple[int, ...] | None = None
+    per_vertebra: bool = False
+
+    def writes(self, label: int) -> bool:
+        """Whether the outputs carry this VerSe label: any, or only those of the ROI subset."""
+        return self.roi_subset is None or label in self.roi_subset
 
     def extra_outputs(self) -> dict[str, str]:
         """Output key -> file name suffix (after `<case>_`); `seg` replaces the NIfTI for DICOM-SEG."""
@@ -125,6 +134,24 @@ class LabelNumbering:
     def table(self, exported: np.ndarray) -> dict[int, str]:
         return {int(v): self.structures[int(v)] for v in np.unique(exported) if v and int(v) in self.structures}
 
+    def structure(self, label: int) -> str:
+        """Name of a VerSe label in this numbering ('L1' or 'vertebrae_L1'); a vertebra TotalSegmentator has no id
+        for (L6, T13) is named in its pattern."""
+        value = self.value(label)
+        if value in self.structures:
+            return self.structures[value]
+        return f"vertebrae_{VERSE_NAMES[label]}"
+
+
+def write_vertebra_masks(folder: Path, labelmap_zyx: np.ndarray, scan: LoadedScan, numbering: LabelNumbering) -> None:
+    """`folder/<name>.nii.gz`, one uint8 0/1 mask per vertebra of the labelmap (TotalSegmentator's one file per
+    structure). The folder is replaced as a whole, so a mask of an earlier run never stays beside this run's."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for label in np.unique(labelmap_zyx[labelmap_zyx > 0]):
+            write_labelmap(tmp / f"{numbering.structure(int(label))}.nii.gz", labelmap_zyx == label, scan.reference,
+                           scan.nifti_source)
+
 
 def export_labels(labelmap_zyx: np.ndarray, labels: str) -> tuple[np.ndarray, list[str]]:
     """A VerSe labelmap in the requested output numbering, and notes naming what it could not carry."""
@@ -146,7 +173,8 @@ def write_case_outputs(paths: dict[str, Path], scan: LoadedScan, labelmap_zyx: n
         source = scan.job.source
         if source is None or not Path(source.image).is_dir():
             raise ValueError(f"{scan.job.origin}: DICOM-SEG output needs a DICOM series input to reference")
-        notes += write_dicom_seg(paths["seg"], labelmap_zyx, series_files(Path(source.image), source.series_uid))
+        notes += write_dicom_seg(paths["seg"], labelmap_zyx, series_files(Path(source.image), source.series_uid),
+                                 extra.get("model"))
     else:
         from vertseg.inference.colour_tables import write_colour_tables
 
@@ -155,11 +183,13 @@ def write_case_outputs(paths: dict[str, Path], scan: LoadedScan, labelmap_zyx: n
         write_colour_tables(paths["slicer_colour_table"], paths["itksnap_labels"], options.labels)
     write_centroids(paths["ctd"], vertebrae, scan.reference)
     write_vertebra_tables(paths["vertebrae_json"], paths["vertebrae_csv"], vertebrae, extra, numbering)
+    if options.per_vertebra:
+        write_vertebra_masks(paths["per_vertebra"], labelmap_zyx, scan, numbering)
     if statistics is not None:
         about = {"case_id": extra["case_id"], "input": extra["input"],
                  "body_region": f"label voxels within {BODY_RADIUS_FRACTION} x the equivalent-sphere radius of the "
                                 "vertebra around its body centroid, HU on the 1 mm store frame",
-                 "centroid_frame": "RAS mm"}
+                 "vertebra_region": VERTEBRA_REGION, "centroid_frame": "RAS mm"}
         rows = [{**row, "map_value": numbering.value(row["label"])} for row in statistics]
         write_rows(paths["statistics_json"], paths["statistics_csv"], rows, STATISTICS_FIELDS,
                    {**about, "labelmap_numbering": numbering.name})

@@ -287,7 +287,8 @@ def core_seeds(coords: np.ndarray, spacing, dynamic_mm: float, floor_mm: float, 
         holds = np.zeros(n + 1, dtype=bool)
         holds[np.unique(parts[cores > 0])] = True
         peak = np.zeros(n + 1)
-        peak[1:] = ndimage.maximum(depth, parts, index=np.arange(1, n + 1))
+        inside = parts > 0
+        np.maximum.at(peak, parts[inside], depth[inside])  # per-part maximum in one pass (ndimage sorts the volume)
         size = np.bincount(parts.ravel(), minlength=n + 1)
         new = np.flatnonzero(~holds & (peak - level >= dynamic_mm - 1e-6) & (size >= min_voxels))
         new = new[new > 0]

@@ -135,14 +135,15 @@ class TrainConfig(ConfigModel):
     augment: AugmentConfig = AugmentConfig()
     methods: MethodConfig = MethodConfig()
     ssl: SslConfig = SslConfig()
-    amp: bool = True  # bf16 autocast on CUDA only; the CPU path stays float32
+    amp: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPUs that compute it natively (AVX512-BF16/AMX): faster steps, not bitwise reproducible (`vertseg bench train`)
     channels_last: bool = False  # CUDA only: channels-last-3d memory format for the student(s) and teacher
     compile: bool = False  # CUDA only: torch.compile the student network(s) in place (state_dict keys unchanged)
     max_nonfinite_steps: int = Field(10, ge=0)  # consecutive skipped non-finite steps before the run stops
     max_failures: int = Field(3, ge=-1)  # Ray Train worker-group restarts from the latest checkpoint (-1 = unlimited)
     teacher_check_every: int = Field(1, ge=1)  # epochs between cross-rank EMA-teacher checksums
     loader_workers: int = Field(2, ge=0)  # DataLoader processes per training worker
-    log_every_steps: int = Field(10, ge=1)  # per-step tracking (loss, lr, confidence-mask pass fractions)
+    log_every_steps: int = Field(10, ge=1)  # steps between step lines + step metrics (loss, lr, pass fractions); also the first step and every 20 s
     plateau_patience: int = Field(0, ge=0)  # stop after this many validations without a better score (0 = run all epochs)
 
     @model_validator(mode="after")

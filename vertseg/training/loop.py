@@ -55,7 +55,7 @@ def fit(
     every, patience = trainer.train_cfg.validate_every, trainer.train_cfg.plateau_patience
     best, stale = None, 0
     while not trainer.finished:
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), trainer.step
         data.set_epoch(trainer.epoch)
         labeled = _cycle(data.labeled)
         unlabeled = _cycle(data.unlabeled) if data.unlabeled is not None else None
@@ -74,7 +74,7 @@ def fit(
                 stale += 1
             trainer.plateaued = bool(patience and stale >= patience)  # saved with this epoch's checkpoint
         seconds = time.perf_counter() - started
-        samples = trainer.train_cfg.schedule.iterations_per_epoch * trainer.train_cfg.optim.labeled_batch_size
+        samples = (trainer.step - first_step) * trainer.train_cfg.optim.labeled_batch_size  # stopped/resumed epochs too
         metrics["samples_per_s"] = samples / seconds if seconds > 0 else math.nan
         on_epoch_end(EpochResult(trainer.epoch, metrics, validated, interrupted, seconds))
         if interrupted:

@@ -21,12 +21,13 @@ from vertseg.training.checkpoint import load_checkpoint, save_checkpoint
 from vertseg.training.data import build_training_data
 from vertseg.training.loop import EpochResult, VolumeValidation, fit
 from vertseg.training.methods import get_method
-from vertseg.training.progress import EpochProgress
+from vertseg.training.progress import EpochProgress, StepReporter
 from vertseg.training.trainer import Trainer, is_better
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT (Slurm preemption, scancel, Ctrl-C): the run checkpoints and exits cleanly."""
+    """Set by SIGTERM/SIGINT (Slurm preemption, scancel, Ctrl-C): the run checkpoints and exits cleanly. A second
+    Ctrl-C (say, during a long validation) raises KeyboardInterrupt at once; the last checkpoint is kept."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -38,8 +39,13 @@ class StopFlag:
     def install(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, lambda *_: self.event.set())
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def _handle(self, sig: int, _frame: Any) -> None:
+        self.event.set()
+        if sig == signal.SIGINT:
+            signal.signal(sig, self._previous[sig])
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -66,7 +72,8 @@ def train_local(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train in this process (from `init_from`'s weights when given and not resuming); returns
-    {"best": metrics, "best_checkpoint": path, "epochs": completed}."""
+    {"best": metrics, "best_checkpoint": path, "epochs": completed}. `on_step(step, logs)` is called at the steps
+    `StepReporter` picks (a bounded rate), for step-level tracking."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     latest, best_path = ckpt_dir / "latest.pt", run_dir / "best" / "checkpoint.pt"  # best/ as in Ray runs
@@ -109,9 +116,16 @@ def train_local(
 
     schedule = trainer.train_cfg.schedule
     progress = EpochProgress(schedule.epochs, schedule.iterations_per_epoch)
+    reporter = StepReporter(schedule.epochs, schedule.iterations_per_epoch, trainer.train_cfg.log_every_steps,
+                            trainer.step)
 
     def step_hook(logs: dict[str, float]) -> None:
         progress.step(trainer.epoch, trainer.iteration, logs)
+        line = reporter.report(trainer.epoch, trainer.iteration, trainer.step, logs)
+        if line is None:
+            return
+        if not progress.enabled:  # on a terminal the bar shows the same
+            log(line)
         if on_step is not None:
             on_step(trainer.step, logs)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from vertseg.config import VertsegConfig, dump_config
 from vertseg.model import build_model
+from vertseg.model.precision import native_bf16
 from vertseg.postprocess.assign import PostprocessSettings
 from vertseg.training.augment import apply_weak, labeled_photometric, sample_weak, strong_augment
 from vertseg.training.checkpoint import (
@@ -99,7 +100,8 @@ class Trainer:
         self.teacher_ready = ssl.ready_acc_id <= 0  # the readiness gate; opened by `observe_validation`
         self.plateaued = False  # `train.plateau_patience` validations without a better score: training is done
         self.generator = torch.Generator(self.device).manual_seed(config.train.seed * 1000 + rank)
-        self.autocast = self.device.type == "cuda" and config.train.amp
+        self.autocast = config.train.amp if self.device.type == "cuda" else (
+            config.train.cpu_bf16 and native_bf16(self.device))
         self.epoch = 0
         self.step = 0
         self.iteration = 0  # within the current epoch; non-zero only after an interrupted epoch

@@ -7,6 +7,7 @@ experiment state, what `Tuner.restore` reads), `train/<run name>/` (each trial's
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class SweepOutcome:
     finished: int
     failed: int
     errors: dict[str, str]
+    interrupted: int  # trials neither finished nor failed: Ctrl-C stopped them, or they had not started
 
 
 def concurrency_limit(cluster: dict[str, float], workers: int, use_gpu: bool, requested: int | None) -> int:
@@ -88,6 +90,21 @@ def check_sweep_resume(name: str, state: dict[str, Any], identity: dict[str, Any
                          "started (its base config or overrides); start anew")
 
 
+class _NoRestoreAdvice(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" after a Ctrl-C: a sweep resumes with
+    `vertseg tune --resume`, which checks its stores and configs and reuses finished trials from MLflow."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+_NO_RESTORE_ADVICE = _NoRestoreAdvice()
+
+
+def sweep_folder(root: Path, name: str) -> Path:
+    return Path(root).resolve() / "sweeps" / name
+
+
 def _read_state(path: Path) -> dict[str, Any] | None:
     import json
 
@@ -121,7 +138,7 @@ def run_sweep(
     sweep = plan.sweep
     resolve_entrypoint(sweep.entrypoint)
     root = Path(root).resolve()
-    folder = root / "sweeps" / sweep.name
+    folder = sweep_folder(root, sweep.name)
     state_path = folder / STATE_FILE
     state = _read_state(state_path)
     keys = [t.key for t in plan.trials]
@@ -197,12 +214,20 @@ def run_sweep(
                 verbose=1,
             ),
         )
-    results = tuner.fit()
+    logging.getLogger("ray.tune.tune").addFilter(_NO_RESTORE_ADVICE)
+    try:
+        results = tuner.fit()  # a first Ctrl-C ends it early (Tune saves its state), leaving trials unfinished
+    except KeyboardInterrupt:  # a second Ctrl-C cuts Tune's shutdown short; the sweep resumes all the same
+        tracking.kill_sweep(mlflow, parent)
+        raise
     errors = {
         result.config["trial"]: f"{type(result.error).__name__}: {result.error}"
         for result in results
         if result.error is not None
     }
-    finished = len(results) - len(errors)
-    tracking.finish_parent(mlflow, parent, failed=len(errors), finished=finished)
-    return SweepOutcome(folder, parent, uri, finished, len(errors), errors)
+    # Counted from MLflow, not Tune: after a Ctrl-C Tune marks the trials it stopped as terminated, without error.
+    finished = tracking.finished_trials(mlflow, parent) & set(keys)
+    failed = len(set(errors) - finished)
+    interrupted = len(keys) - len(finished) - failed
+    tracking.finish_parent(mlflow, parent, finished=len(finished), failed=failed, interrupted=interrupted)
+    return SweepOutcome(folder, parent, uri, len(finished), failed, errors, interrupted)

@@ -104,10 +104,26 @@ def reopen_parent(mlflow: "MlflowClient", run_id: str) -> None:
     mlflow.update_run(run_id, status="RUNNING")
 
 
-def finish_parent(mlflow: "MlflowClient", run_id: str, failed: int, finished: int) -> None:
-    mlflow.log_metric(run_id, "trials_finished", finished)
-    mlflow.log_metric(run_id, "trials_failed", failed)
-    mlflow.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+def finish_parent(mlflow: "MlflowClient", run_id: str, finished: int, failed: int, interrupted: int) -> None:
+    """Trial counts by state; KILLED while trials remain (the sweep resumes), else FAILED if any trial failed."""
+    for state, count in (("finished", finished), ("failed", failed), ("interrupted", interrupted)):
+        mlflow.log_metric(run_id, f"trials_{state}", count)
+    if interrupted:
+        kill_sweep(mlflow, run_id)
+    else:
+        mlflow.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def kill_sweep(mlflow: "MlflowClient", parent_run_id: str) -> None:
+    """End an interrupted sweep's parent run, and the child runs its stopped trials left RUNNING, as KILLED; a
+    resumed sweep re-attaches them."""
+    parent = mlflow.get_run(parent_run_id)
+    running = mlflow.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"{equals_clause(f'tags.`{TAG_PARENT}`', parent_run_id)} and attributes.status = 'RUNNING'",
+    )
+    for run in [*running, parent]:
+        mlflow.set_terminated(run.info.run_id, status="KILLED")
 
 
 def finished_child(mlflow: "MlflowClient", parent_run_id: str, run_name: str) -> "Run | None":
@@ -123,6 +139,17 @@ def finished_child(mlflow: "MlflowClient", parent_run_id: str, run_name: str) ->
     )
     exact = [r for r in runs if r.data.tags.get(TAG_RUN_NAME) == run_name and TAG_TRIAL in r.data.tags]
     return exact[0] if exact else None
+
+
+def finished_trials(mlflow: "MlflowClient", parent_run_id: str) -> set[str]:
+    """Keys of the trials whose child run finished and was annotated: the ones a resumed sweep does not rerun."""
+    parent = mlflow.get_run(parent_run_id)
+    runs = mlflow.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"{equals_clause(f'tags.`{TAG_PARENT}`', parent_run_id)} and attributes.status = 'FINISHED'",
+        max_results=50_000,
+    )
+    return {r.data.tags[TAG_TRIAL] for r in runs if TAG_TRIAL in r.data.tags}
 
 
 def annotate_child(

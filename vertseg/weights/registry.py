@@ -121,7 +121,7 @@ class Registry:
             if index["default"] is None:
                 raise RegistryError(
                     f"no model is installed in {self.root}; import one with `vertseg weights import CHECKPOINT_OR_URL "
-                    "--sha256 HEX` (see docs/inference.md, Weights), or pass --checkpoint CKPT"
+                    "--sha256 HEX` (see `vertseg weights import --help`), or pass --checkpoint CKPT"
                 )
             ref = index["default"]
         name, _, version = ref.partition("@")
