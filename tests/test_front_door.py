@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,11 +113,23 @@ def test_help_shows_no_type_after_a_flag_and_a_plain_metavar_after_a_value():
         assert max(map(len, page.splitlines())) <= 80, f"{name}:\n{page}"
     predict = pages["vertseg predict"]
     assert re.search(r"inputs\.\.\.\s+PATH\s", predict) and re.search(r"--out\s+-o\s+PATH\s", predict)
-    assert re.search(r"--workers\s+INTEGER \[x>=1\]", predict) and re.search(r"--seed\s+INTEGER\s", predict)
+    assert re.search(r"--workers\s+INTEGER\s[^\n]*\n\W*\[x>=1\]\s", predict)  # its range on the line under it
+    assert re.search(r"--seed\s+INTEGER\s", predict)
     assert re.search(r"--statistics\s+Also", predict) and re.search(r"--help\s+Show", predict)  # flags: no type
     assert re.search(r"--instances\s+labels\|binary\s", pages["vertseg evaluate"])
     assert re.search(r"--init-from\s+CKPT\s", pages["vertseg train"])  # a metavar the code gives is kept
     assert re.search(r"--version\s+Print", pages["vertseg"])  # `vertseg --help` is click's plain text when piped
+
+
+def test_no_help_at_80_columns_is_cut_with_an_ellipsis():
+    """Rich cuts an option name squeezed by a wide metavar column ('--labeled-fracti…') and a help word wider than
+    its column ('training,validation,te…') with an ellipsis; no page, bench included, may show one. Nor may a
+    default be this machine's path (submit's `/work/.../bin/python…`)."""
+    pages = dict(_help_pages())
+    assert {"vertseg", "vertseg synth", "vertseg bench identification", "vertseg submit"} <= set(pages)
+    for name, page in pages.items():
+        assert "…" not in page, f"{name}:\n{page}"
+        assert sys.executable not in page and "/bin/python" not in page, f"{name}:\n{page}"
 
 
 def test_no_help_outside_bench_points_into_the_docs_folder(tmp_path):

@@ -134,9 +134,17 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"state": _Pickled()}, tmp_path / "code.pt")  # loading it fully would run this module's code
+    with pytest.raises(CheckpointError, match=r"code.pt .*holds more than tensors .*_Pickled") as caught:
+        load_checkpoint(tmp_path / "code.pt")
+    assert "weights_only" not in str(caught.value)  # torch's advice to load it unsafely does not reach the user
     trainer = Trainer(build_config({}, SMALL + ["train.method=fsl"]))
     with pytest.raises(ValueError, match="method"):
         Trainer(build_config({}, SMALL + ["train.method=proposed"])).load_state_dict(trainer.state_dict())
+
+
+class _Pickled:
+    """A class a checkpoint may name but `weights_only` loading refuses."""
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run():

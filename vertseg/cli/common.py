@@ -7,6 +7,7 @@ from pathlib import Path, PurePath
 from typing import get_args
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 from typer.core import TyperArgument, TyperOption
 
@@ -52,7 +53,7 @@ _PLAIN_TYPE_NAMES = {str: "TEXT", int: "INTEGER", float: "FLOAT", bool: "BOOLEAN
 def _plain_metavar(param: TyperArgument | TyperOption) -> str:
     """A click-style metavar for a value: PATH, TEXT, INTEGER, FLOAT, or the choices as a|b (click's [a|b] less
     the brackets, which wrapped onto a line of their own in narrow help). A repeatable option or a list argument
-    names its element (its help says it repeats); a range is shown after it as [x>=1]."""
+    names its element (its help says it repeats); a range is shown under it as [x>=1] (see `plain_help_types`)."""
     descriptor = param.type_descriptor
     if descriptor.choices is not None:
         return "|".join(str(getattr(choice, "value", choice)) for choice in descriptor.choices)
@@ -80,7 +81,10 @@ def plain_help_types(command, parent: typer.Context | None = None) -> None:
     `<bool>` after every flag and `<list[Path]>`, `<str>`, `<int range>` after values. For options this sets
     `metavar`, Typer's documented setting (a metavar given in the code is kept); arguments get
     `_PlainTypeArgument`, as no setting exists for them. `--help` is made here, in the context the command will
-    run in, so that it is among them. Called once on the whole tree by the `vertseg` group."""
+    run in, so that it is among them. A range goes on its own line under the type (INTEGER, then [x>=1]): beside
+    it, `FLOAT [0.0<=x<=1.0]` widened the type column until Rich cut option names (`--labeled-fracti…`) at 80
+    columns. Called once on the whole tree by the `vertseg` group."""
+    typer.rich_utils.RANGE_STRING = "\n[{}]"  # the text Typer's Rich help puts after the type, read at each render
     ctx = typer.Context(command, parent=parent, info_name=command.name, **command.context_settings)
     help_option = command.get_help_option(ctx)
     for param in [*command.params, *([help_option] if help_option is not None else [])]:
@@ -96,7 +100,7 @@ def plain_help_types(command, parent: typer.Context | None = None) -> None:
 
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config; missing keys take the paper defaults.")
-SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set train.schedule.epochs=10.")
+SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set data.codec_level=9.")
 
 
 def writable_folder_problem(folder: Path) -> str | None:

@@ -120,7 +120,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="Config whose data/inference sections apply (default: demo.yaml)."),
         overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable), e.g. inference.seeds=peaks."),
         variants: str = typer.Option(",".join(("one-hot", "heatmap", "flat-T4", "flat-T8", "noise", "dropped-class")),
-                                     "--variants", help="Comma-separated oracle outputs to run."),
+                                     "--variants", show_default=False, help="Comma-separated oracle outputs to "
+                                     "run (default: one-hot, heatmap, flat-T4, flat-T8, noise, dropped-class)."),
         workdir: Path = typer.Option(Path(".bench/identification"), "--workdir", help="Phantoms, store, predictions."),
         output: Path = typer.Option(Path("docs/benchmarks.md"), "--output", help="Benchmarks file to update."),
     ) -> None:

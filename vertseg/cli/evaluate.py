@@ -25,8 +25,7 @@ class Candidates(str, Enum):
 def evaluate(
     pred: Path = typer.Option(
         ..., "--pred",
-        help="Prediction folder: <case>_seg.nii.gz or VerSe <case>_seg-vert_msk.nii.gz, flat or in <case>/ "
-             "(+ <case>_ctd.json or <case>_seg-subreg_ctd.json).",
+        help="Prediction folder, flat or one subfolder <case>/ per case (file names above).",
     ),
     gt: list[Path] = typer.Option(..., "--gt", help="Ground-truth dataset folder(s) or files (any reader layout)."),
     dataset: str = typer.Option(None, "--dataset", help="Force a reader layout: verse19, verse20, ctspine1k, nifti."),
@@ -35,8 +34,9 @@ def evaluate(
         "file, refused when it cannot tell). Default: the layout's own (VerSe, CTSpine1K), else verse."
     )),
     by_region: bool = typer.Option(False, "--by-region",
-                                   help="Add the cervical/thoracic/lumbar split (as the paper's Table 5)."),
-    out: Path = typer.Option(None, "--out", help="Summary JSON (default PRED/evaluation.json); the CSV goes beside it."),
+                                   help="Add the cervical, thoracic and lumbar split (as the paper's Table 5)."),
+    out: Path = typer.Option(None, "--out", help="Summary JSON (default: evaluation.json in the --pred folder); "
+                                                 "the CSV goes beside it."),
     spacing: float = typer.Option(
         1.0, "--spacing", min=0.0, help="Compare masks at this isotropic mm (VerSe: 1); 0 = native grid."
     ),
@@ -64,7 +64,10 @@ def evaluate(
     """Score predictions against ground truth (VerSe metrics).
 
     Dice (binary, per vertebra, multilabel), the paper's Acc_ID (its Eq. 15-17), VerSe id-rate, localisation distance,
-    Hausdorff and HD95. Missing or unreadable predictions are scored as empty and make the exit code 1."""
+    Hausdorff and HD95. Missing or unreadable predictions are scored as empty and make the exit code 1.
+
+    Predicted masks: <case>_seg.nii.gz or VerSe's <case>_seg-vert_msk.nii.gz;
+    optional centroids beside them: <case>_ctd.json or <case>_seg-subreg_ctd.json."""
     from rich.progress import Progress
 
     from vertseg.evaluation.case import EvalSettings

@@ -50,7 +50,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         sbatch_arg: Optional[list[str]] = typer.Option(None, help="Extra sbatch option, e.g. --sbatch-arg=--exclusive."),
         job_name: Optional[str] = typer.Option(None, help="Job name (and training run name); default vs-CMD-TIME."),
         log_dir: Path = typer.Option(Path("slurm-logs"), help="Where the job script and its log go."),
-        python: str = typer.Option(sys.executable, help="Python with vertseg installed, as seen from the nodes."),
+        python: str = typer.Option(sys.executable, show_default=False, help="Python with vertseg installed, as seen "
+                                   "from the nodes (default: the Python running vertseg)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the job script; submit nothing."),
     ) -> None:
         from vertseg.launch import script, slurm

@@ -37,7 +37,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         labeled_fraction: float = typer.Option(
             1.0, "--labeled-fraction", min=0.0, max=1.0, help="Share of training scans written with mask + centroids."
         ),
-        splits: str = typer.Option("0.6,0.2,0.2", help="training,validation,test fractions (assigned per patient)."),
+        splits: str = typer.Option(
+            "0.6,0.2,0.2", help="Training, validation and test fractions, comma-separated (assigned per patient)."
+        ),
         variant_rate: float = typer.Option(
             0.1, min=0.0, max=1.0, help="Probability of each anatomical variant (L6, T13, wedge fracture)."
         ),

@@ -25,6 +25,18 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     return path
 
 
+def _load_failure(error: Exception) -> str:
+    """What is wrong with the file, without torch's advice to load it with weights_only=False (which would run
+    whatever code the file holds: vertseg never does)."""
+    text = str(error)
+    if "Weights only load failed" not in text:
+        return next((line for line in text.splitlines() if line.strip()), type(error).__name__)
+    detail = text.split("WeightsUnpickler error:", 1)[-1].split("Please use", 1)[0].split("Check the documentation", 1)[0]
+    detail = " ".join(detail.split()).rstrip(".")
+    return (f"it holds more than tensors and plain values ({detail}), or is not a PyTorch checkpoint; vertseg reads "
+            "checkpoints without running code from them")
+
+
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -32,9 +44,8 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated / foreign / unsafe files
-        reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         empty = " (the file is empty)" if path.stat().st_size == 0 else ""
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely{empty}: {reason}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely{empty}: {_load_failure(error)}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
     return payload
