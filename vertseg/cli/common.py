@@ -84,7 +84,8 @@ def plain_help_types(command, parent: typer.Context | None = None) -> None:
     run in, so that it is among them. A range goes on its own line under the type (INTEGER, then [x>=1]): beside
     it, `FLOAT [0.0<=x<=1.0]` widened the type column until Rich cut option names (`--labeled-fracti…`) at 80
     columns. Called once on the whole tree by the `vertseg` group."""
-    typer.rich_utils.RANGE_STRING = "\n[{}]"  # the text Typer's Rich help puts after the type, read at each render
+    if parent is None:
+        typer.rich_utils.RANGE_STRING = "\n[{}]"  # the text Typer's Rich help puts after the type, read at each render
     ctx = typer.Context(command, parent=parent, info_name=command.name, **command.context_settings)
     help_option = command.get_help_option(ctx)
     for param in [*command.params, *([help_option] if help_option is not None else [])]:

@@ -103,7 +103,7 @@ class ShardedArrayReader:
         self.shape, self.dtype, self.fill, self.compressed = layout.shape, layout.dtype, layout.fill, layout.blosc is not None
         self.shard, self.chunk, self.per_shard = layout.shard, layout.chunk, layout.per_shard
         self._index_bytes = layout.index_bytes
-        self._open: OrderedDict[tuple[int, ...], tuple[memoryview, list] | None] = OrderedDict()
+        self._open: OrderedDict[tuple[int, ...], tuple[memoryview, list, np.ndarray] | None] = OrderedDict()
         self._max_open = max_open
         self._buffer = np.empty(self.chunk, self.dtype)
         self._gather = compiled_gather() if compiled and self.compressed and len(self.shape) == 3 else None
